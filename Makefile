@@ -1,0 +1,78 @@
+# streamscore: `make demo` runs the pipeline on a local stack, `make test` runs the whole test suite.
+# Both install what they need first (Debian packages, a virtualenv, Kafka jars from Maven Central).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := default-jre-headless maven redis-server
+PYTEST_ARGS ?=
+
+.PHONY: help install system-deps venv jars up down status test lint fmt demo bench clean
+
+help:
+	@echo "make install  - Debian packages, .venv with streamscore[dev], Kafka jars"
+	@echo "make up/down  - start/stop the local Kafka + Redis (data kept; 'make down WIPE=1' deletes it)"
+	@echo "make test     - install, then the whole test suite against a real broker and Redis"
+	@echo "make demo     - install, start the stack, send Avro events through Kafka and print them"
+	@echo "make lint     - ruff + mypy"
+	@echo "make bench    - benchmarks (results to paste into BENCHMARKS.md)"
+
+install: system-deps venv jars
+
+# Only what is missing; apt-get update runs once, and only if something must be installed.
+system-deps:
+	@missing=""; \
+	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ required"; exit 1; }
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+jars: venv
+	$(BIN)/streamscore stack fetch
+
+up: install
+	$(BIN)/streamscore stack up
+	$(BIN)/streamscore topics create
+
+down:
+	@[ -x $(BIN)/streamscore ] && $(BIN)/streamscore stack down $(if $(WIPE),--wipe,) || true
+
+status: venv
+	$(BIN)/streamscore stack status
+
+# The suite starts its own stack on separate ports and data (tests/conftest.py) and stops it at the end.
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check services tests loadtest
+	$(BIN)/ruff format --check services tests loadtest
+	$(BIN)/mypy
+
+fmt: venv
+	$(BIN)/ruff format services tests loadtest
+	$(BIN)/ruff check --fix services tests loadtest
+
+demo: up
+	$(BIN)/streamscore demo --events 8
+	@echo "The stack is still running: 'make status' to look, 'make down' to stop it."
+
+bench: install
+	$(BIN)/python -m tests.benchmarks
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

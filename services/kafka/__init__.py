@@ -1,0 +1,31 @@
+"""Kafka access for every stage: the only package that builds confluent-kafka configuration.
+
+Public names: :class:`Producer` (idempotent, delivery reports surfaced), :class:`Consumer` (manual commits),
+:class:`DeadLetterPublisher` and :func:`read_dead_letter`, and :func:`ensure_topics` for the declared topics.
+"""
+
+from services.kafka.config import admin_config, consumer_config, producer_config
+from services.kafka.consumer import Consumer, ConsumerError, next_offsets
+from services.kafka.deadletter import DeadLetter, DeadLetterPublisher, read_dead_letter
+from services.kafka.producer import DeliveryError, FailedDelivery, Header, Producer
+from services.kafka.topics import TopicResult, TopicSpec, ensure_topics, topic_specs
+
+__all__ = [
+    "Consumer",
+    "ConsumerError",
+    "DeadLetter",
+    "DeadLetterPublisher",
+    "DeliveryError",
+    "FailedDelivery",
+    "Header",
+    "Producer",
+    "TopicResult",
+    "TopicSpec",
+    "admin_config",
+    "consumer_config",
+    "ensure_topics",
+    "next_offsets",
+    "producer_config",
+    "read_dead_letter",
+    "topic_specs",
+]

@@ -1,0 +1,120 @@
+"""Dead-letter publishing: bad input is never dropped silently and never stops a service.
+
+The dead-letter message keeps the original key, value and headers byte for byte, so it can be inspected or
+replayed as it was, and adds ``streamscore.error.*`` headers that say where it came from and why it failed
+(the same idea as Kafka Connect's ``__connect.errors.*`` headers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import confluent_kafka
+from prometheus_client import Counter
+
+from services.kafka.producer import Header, Producer
+
+__all__ = ["HEADER_PREFIX", "DeadLetter", "DeadLetterPublisher", "read_dead_letter"]
+
+HEADER_PREFIX = "streamscore.error."
+_MAX_EXCEPTION_CHARS = 1000
+
+DEAD_LETTERS = Counter(
+    "streamscore_dead_letters",
+    "Messages sent to the dead-letter topic",
+    ["stage", "reason"],
+)
+
+
+def _exception_text(exc: BaseException | None) -> str:
+    if exc is None:
+        return ""
+    text = f"{type(exc).__name__}: {exc}"
+    return text[:_MAX_EXCEPTION_CHARS]
+
+
+class DeadLetterPublisher:
+    """Publishes failed messages of one processing ``stage`` to the dead-letter topic.
+
+    It uses the caller's producer so that dead letters are flushed (and acknowledged) together with the
+    stage's regular output before the input offsets are committed.
+    """
+
+    def __init__(self, producer: Producer, topic: str, stage: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.stage = stage
+
+    def publish(self, msg: confluent_kafka.Message, reason: str, exc: BaseException | None = None) -> None:
+        headers: list[Header] = [(k, v if v is not None else b"") for k, v in (msg.headers() or [])]
+        context = {
+            "topic": msg.topic() or "",
+            "partition": str(msg.partition()),
+            "offset": str(msg.offset()),
+            "stage": self.stage,
+            "reason": reason,
+            "exception": _exception_text(exc),
+        }
+        headers.extend((HEADER_PREFIX + name, value.encode()) for name, value in context.items())
+        self.producer.send(self.topic, msg.value(), key=msg.key(), headers=headers)
+        DEAD_LETTERS.labels(stage=self.stage, reason=reason).inc()
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead-letter message read back: the original bytes and why they failed (schema ``dead_letter``)."""
+
+    topic: str
+    partition: int
+    offset: int
+    stage: str
+    reason: str
+    exception: str | None
+    key: bytes | None
+    value: bytes
+    headers: list[Header]
+    failed_at: datetime
+
+    def to_record(self) -> dict[str, Any]:
+        """The Avro ``DeadLetter`` record (``schemas/dead_letter.avsc``) of this message."""
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "stage": self.stage,
+            "reason": self.reason,
+            "exception": self.exception,
+            "key": self.key,
+            "value": self.value,
+            "failed_at": self.failed_at,
+        }
+
+
+def read_dead_letter(msg: confluent_kafka.Message) -> DeadLetter:
+    """Parse a message from the dead-letter topic; raises ValueError if it lacks the error headers."""
+    context: dict[str, str] = {}
+    original: list[Header] = []
+    for name, value in msg.headers() or []:
+        raw = value or b""
+        if name.startswith(HEADER_PREFIX):
+            context[name.removeprefix(HEADER_PREFIX)] = raw.decode("utf-8", "replace")
+        else:
+            original.append((name, raw))
+    missing = {"topic", "partition", "offset", "stage", "reason"} - context.keys()
+    if missing:
+        raise ValueError(f"not a streamscore dead letter: missing headers {sorted(missing)}")
+    _, ts = msg.timestamp()
+    return DeadLetter(
+        topic=context["topic"],
+        partition=int(context["partition"]),
+        offset=int(context["offset"]),
+        stage=context["stage"],
+        reason=context["reason"],
+        exception=context.get("exception") or None,
+        key=msg.key(),
+        value=msg.value() or b"",
+        headers=original,
+        failed_at=datetime.fromtimestamp(max(ts, 0) / 1000, tz=UTC),
+    )

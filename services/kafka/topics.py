@@ -1,0 +1,99 @@
+"""Every topic streamscore uses, declared once: name (from settings), partitions and retention.
+
+``ensure_topics`` is idempotent: it creates what is missing and reports what it found, including a topic
+that exists with fewer partitions than declared (it never deletes or shrinks anything).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from services.errors import KafkaUnavailable
+from services.kafka.config import admin_config
+from services.settings import Settings
+
+__all__ = ["TopicResult", "TopicSpec", "ensure_topics", "topic_specs"]
+
+_DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    purpose: str
+    partitions: int
+    replication_factor: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TopicResult:
+    name: str
+    status: Literal["created", "exists", "mismatch"]
+    partitions: int
+    detail: str = ""
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    t = settings.topics
+
+    def spec(name: str, purpose: str, retention_days: int) -> TopicSpec:
+        return TopicSpec(
+            name,
+            purpose,
+            t.partitions,
+            t.replication_factor,
+            {"cleanup.policy": "delete", "retention.ms": str(retention_days * _DAY_MS)},
+        )
+
+    return [
+        spec(t.transactions, "raw card transactions (Transaction), keyed by user id", 7),
+        spec(t.score_requests, "scoring requests (ScoreRequest), keyed by request id", 1),
+        spec(t.predictions, "model outputs (Prediction), keyed by request id", 7),
+        spec(t.drift, "drift reports (DriftReport), keyed by worker", 30),
+        spec(t.dead_letters, "original bytes of failed messages, reason in headers", 14),
+    ]
+
+
+def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[TopicResult]:
+    admin = AdminClient(admin_config(settings.kafka))
+    try:
+        existing = admin.list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise KafkaUnavailable(settings.kafka.bootstrap_servers, exc.args[0].str()) from None
+    results: list[TopicResult] = []
+    to_create: list[TopicSpec] = []
+    for spec in topic_specs(settings):
+        meta = existing.get(spec.name)
+        if meta is None or meta.error is not None:
+            to_create.append(spec)
+            continue
+        have = len(meta.partitions)
+        if have < spec.partitions:
+            results.append(
+                TopicResult(spec.name, "mismatch", have, f"has {have} partitions, {spec.partitions} declared")
+            )
+        else:
+            results.append(TopicResult(spec.name, "exists", have))
+    if to_create:
+        futures = admin.create_topics(
+            [NewTopic(s.name, s.partitions, s.replication_factor, config=s.config) for s in to_create],
+            operation_timeout=timeout_s,
+            request_timeout=timeout_s,
+        )
+        for spec in to_create:
+            try:
+                futures[spec.name].result()
+                results.append(TopicResult(spec.name, "created", spec.partitions))
+            except KafkaException as exc:
+                # Another process may have created it between our listing and our request.
+                if exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
+                    results.append(TopicResult(spec.name, "exists", spec.partitions))
+                else:
+                    raise
+    order = {s.name: i for i, s in enumerate(topic_specs(settings))}
+    return sorted(results, key=lambda r: order[r.name])

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from services.kafka import Consumer, DeliveryError, Producer, next_offsets
+from services.settings import Settings
+from tests.kafka.helpers import create_topic, read_all
+
+pytestmark = pytest.mark.integration
+
+
+def test_flush_raises_for_undeliverable_messages(settings: Settings, unique: str) -> None:
+    # Auto-creation is off on our broker, so a missing topic can never acknowledge the message.
+    producer = Producer(settings.kafka, **{"message.timeout.ms": 1500})
+    producer.send(f"missing-{unique}", b"x", key=b"k")
+    with pytest.raises(DeliveryError) as info:
+        producer.flush(10)
+    assert len(info.value.failures) == 1
+    assert info.value.failures[0].key == b"k"
+
+
+def test_flush_counts_acknowledged_messages(settings: Settings, unique: str) -> None:
+    topic = create_topic(settings, f"acks-{unique}", partitions=2)
+    producer = Producer(settings.kafka)
+    for i in range(100):
+        producer.send(topic, f"v{i}".encode(), key=f"k{i % 7}".encode(), headers=[("trace", b"t")])
+    producer.flush()
+    assert producer.delivered == 100 and len(producer) == 0
+    msgs = read_all(settings, topic, 100, group=f"g-{unique}")
+    assert sorted(m.value() for m in msgs) == sorted(f"v{i}".encode() for i in range(100))
+    assert all(m.headers() == [("trace", b"t")] for m in msgs)
+
+
+def test_uncommitted_messages_are_read_again(settings: Settings, unique: str) -> None:
+    topic = create_topic(settings, f"commit-{unique}", partitions=2)
+    producer = Producer(settings.kafka)
+    for i in range(20):
+        producer.send(topic, str(i).encode(), key=str(i).encode())
+    producer.flush()
+    group = f"g-{unique}"
+
+    first = read_all(settings, topic, 20, group=group)  # closed without committing
+    again = read_all(settings, topic, 20, group=group)
+    assert sorted(m.value() for m in again) == sorted(m.value() for m in first)
+
+    with Consumer(settings.kafka, group, [topic]) as consumer:
+        seen = []
+        deadline = time.monotonic() + 30
+        while len(seen) < 20 and time.monotonic() < deadline:
+            seen.extend(consumer.poll_batch(100, 0.5))
+        consumer.commit(seen)
+        committed = consumer.raw.committed([tp for tp in next_offsets(seen)], timeout=10)
+        assert {(tp.partition, tp.offset) for tp in committed} == {
+            (tp.partition, tp.offset) for tp in next_offsets(seen)
+        }
+    with Consumer(settings.kafka, group, [topic]) as consumer:
+        leftovers = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            leftovers.extend(consumer.poll_batch(100, 0.5))
+    assert leftovers == []
