@@ -11,6 +11,7 @@ from typing import Any
 import confluent_kafka
 from rich.console import Console
 from rich.table import Table
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from services.kafka import Consumer, Producer
 from services.serde import Serde
@@ -39,6 +40,18 @@ def sample_transactions(n: int, seed: int) -> list[dict[str, Any]]:
     ]
 
 
+@retry(
+    retry=retry_if_exception_type(confluent_kafka.KafkaException),
+    stop=stop_after_delay(15),
+    wait=wait_exponential(multiplier=0.05, max=1),
+    reraise=True,
+)
+def _end_offset(consumer: Consumer, topic: str, partition: int) -> int:
+    # A freshly created partition answers NOT_LEADER for a moment even after metadata names its leader.
+    _, high = consumer.raw.get_watermark_offsets(confluent_kafka.TopicPartition(topic, partition), timeout=5)
+    return int(high)
+
+
 def run_demo(settings: Settings, *, events: int, seed: int, console: Console, timeout_s: float = 30.0) -> None:
     topic = settings.topics.transactions
     serde = Serde("transaction", registry_url=settings.schema_registry_url, subject=f"{topic}-value")
@@ -47,11 +60,7 @@ def run_demo(settings: Settings, *, events: int, seed: int, console: Console, ti
     # Remember where each partition ends now, so we read back exactly what we send, whatever came before.
     reader = Consumer(settings.kafka, f"streamscore-demo-{uuid.uuid4().hex[:8]}", [], client_suffix="demo")
     meta = reader.raw.list_topics(topic, timeout=10).topics[topic]
-    starts = [
-        confluent_kafka.TopicPartition(topic, p, reader.raw.get_watermark_offsets(
-            confluent_kafka.TopicPartition(topic, p), timeout=10)[1])
-        for p in meta.partitions
-    ]
+    starts = [confluent_kafka.TopicPartition(topic, p, _end_offset(reader, topic, p)) for p in meta.partitions]
 
     producer = Producer(settings.kafka, client_suffix="demo")
     for record in records:

@@ -76,9 +76,7 @@ class KafkaSettings(_Section):
     ssl_certificate_location: Path | None = Field(None, description="ssl.certificate.location (client cert)")
     ssl_key_location: Path | None = Field(None, description="ssl.key.location (client key)")
     ssl_key_password: SecretStr | None = Field(None, description="ssl.key.password (secret)")
-    extra: dict[str, str] = Field(
-        default_factory=dict, description="Further librdkafka properties, as a JSON object"
-    )
+    extra: dict[str, str] = Field(default_factory=dict, description="Further librdkafka properties, as a JSON object")
 
     @field_validator("bootstrap_servers")
     @classmethod

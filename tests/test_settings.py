@@ -43,7 +43,8 @@ def test_secrets_are_masked_and_passed_through(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("STREAMSCORE_REDIS__PASSWORD", "redispw")
     s = load_settings()
     assert isinstance(s.kafka.sasl_password, SecretStr)
-    assert "hunter2" not in repr(s) and "redispw" not in repr(s)
+    assert "hunter2" not in repr(s)
+    assert "redispw" not in repr(s)
     assert "hunter2" not in s.model_dump_json()
     for conf in (producer_config(s.kafka), consumer_config(s.kafka, "g"), admin_config(s.kafka)):
         assert conf["security.protocol"] == "SASL_SSL"
@@ -53,12 +54,14 @@ def test_secrets_are_masked_and_passed_through(monkeypatch: pytest.MonkeyPatch) 
 
 def test_consumer_never_auto_commits() -> None:
     conf = consumer_config(Settings().kafka, "group")
-    assert conf["enable.auto.commit"] is False and conf["enable.auto.offset.store"] is False
+    assert conf["enable.auto.commit"] is False
+    assert conf["enable.auto.offset.store"] is False
 
 
 def test_producer_is_idempotent() -> None:
     conf = producer_config(Settings().kafka)
-    assert conf["enable.idempotence"] is True and conf["acks"] == "all"
+    assert conf["enable.idempotence"] is True
+    assert conf["acks"] == "all"
     assert conf["max.in.flight.requests.per.connection"] <= 5
 
 

@@ -25,10 +25,11 @@ def next_offsets(messages: Iterable[confluent_kafka.Message]) -> list[TopicParti
     """The offsets to commit after ``messages``: one past the highest offset seen per partition."""
     highest: dict[tuple[str, int], int] = {}
     for msg in messages:
-        tp = (msg.topic(), msg.partition())
-        offset = msg.offset()
-        if offset > highest.get(tp, -1):
-            highest[tp] = offset
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if topic is None or partition is None or offset is None:
+            continue  # a message that was never consumed has no position to commit
+        if offset > highest.get((topic, partition), -1):
+            highest[(topic, partition)] = offset
     return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(highest.items())]
 
 
@@ -51,7 +52,8 @@ class Consumer:
         self._consumer = confluent_kafka.Consumer(
             consumer_config(kafka, group_id, client_suffix=client_suffix, **overrides)
         )
-        self._consumer.subscribe(list(topics))
+        if topics:  # no topics: the caller assigns partitions itself (``raw.assign``)
+            self._consumer.subscribe(list(topics))
 
     def poll_batch(self, max_messages: int = 500, timeout_s: float = 0.1) -> list[confluent_kafka.Message]:
         """Messages without errors; a fatal consumer error raises :class:`ConsumerError`."""

@@ -28,6 +28,13 @@ DEAD_LETTERS = Counter(
 )
 
 
+def _headers(msg: confluent_kafka.Message) -> list[Header]:
+    """A consumed message's headers as (name, bytes) pairs, in order (consumers always give a list)."""
+    raw = msg.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return [(k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in pairs]
+
+
 def _exception_text(exc: BaseException | None) -> str:
     if exc is None:
         return ""
@@ -48,7 +55,7 @@ class DeadLetterPublisher:
         self.stage = stage
 
     def publish(self, msg: confluent_kafka.Message, reason: str, exc: BaseException | None = None) -> None:
-        headers: list[Header] = [(k, v if v is not None else b"") for k, v in (msg.headers() or [])]
+        headers = _headers(msg)
         context = {
             "topic": msg.topic() or "",
             "partition": str(msg.partition()),
@@ -96,8 +103,7 @@ def read_dead_letter(msg: confluent_kafka.Message) -> DeadLetter:
     """Parse a message from the dead-letter topic; raises ValueError if it lacks the error headers."""
     context: dict[str, str] = {}
     original: list[Header] = []
-    for name, value in msg.headers() or []:
-        raw = value or b""
+    for name, raw in _headers(msg):
         if name.startswith(HEADER_PREFIX):
             context[name.removeprefix(HEADER_PREFIX)] = raw.decode("utf-8", "replace")
         else:

@@ -45,9 +45,7 @@ class Producer:
     """
 
     def __init__(self, kafka: KafkaSettings, *, client_suffix: str = "producer", **overrides: Any) -> None:
-        self._producer = confluent_kafka.Producer(
-            producer_config(kafka, client_suffix=client_suffix, **overrides)
-        )
+        self._producer = confluent_kafka.Producer(producer_config(kafka, client_suffix=client_suffix, **overrides))
         self._failures: list[FailedDelivery] = []
         self.delivered = 0
 

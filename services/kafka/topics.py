@@ -6,11 +6,13 @@ that exists with fewer partitions than declared (it never deletes or shrinks any
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from services.errors import KafkaUnavailable
 from services.kafka.config import admin_config
@@ -59,6 +61,26 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:
+    """Creation returns before every partition has a leader; using a topic earlier fails with
+    NOT_LEADER_FOR_PARTITION, so a create is only done once the metadata shows all leaders."""
+    deadline = time.monotonic() + timeout_s
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        pending = {
+            name
+            for name in pending
+            if name not in topics
+            or topics[name].error is not None
+            or any(p.leader < 0 or p.error is not None for p in topics[name].partitions.values())
+        }
+        if pending:
+            time.sleep(0.1)
+    if pending:
+        raise KafkaUnavailable("the cluster", f"topics without a leader after {timeout_s}s: {sorted(pending)}")
+
+
 def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[TopicResult]:
     admin = AdminClient(admin_config(settings.kafka))
     try:
@@ -95,5 +117,6 @@ def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[TopicR
                     results.append(TopicResult(spec.name, "exists", spec.partitions))
                 else:
                     raise
+    _wait_for_leaders(admin, [s.name for s in to_create], timeout_s)
     order = {s.name: i for i, s in enumerate(topic_specs(settings))}
     return sorted(results, key=lambda r: order[r.name])

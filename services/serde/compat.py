@@ -168,9 +168,7 @@ class _Checker:
         if isinstance(r, list):
             chosen = self._pick_branch(r, w)
             if chosen is None:
-                self.problems.append(
-                    f"{path}: writer type {_describe(w)} matches no branch of the reader union"
-                )
+                self.problems.append(f"{path}: writer type {_describe(w)} matches no branch of the reader union")
             else:
                 self.check(chosen, w, path)
             return
@@ -225,12 +223,7 @@ class _Checker:
         for branch in branches:
             if _kind(branch) != wk:
                 continue
-            if (
-                isinstance(branch, dict)
-                and isinstance(w, dict)
-                and "name" in w
-                and not _names_match(branch, w)
-            ):
+            if isinstance(branch, dict) and isinstance(w, dict) and "name" in w and not _names_match(branch, w):
                 continue
             return branch
         for branch in branches:

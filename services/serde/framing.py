@@ -94,9 +94,8 @@ class Serde:
         loaded = parse(schema)
         name = str(loaded.parsed.get("name", "")).rsplit(".", 1)[-1]
         serde = cls.__new__(cls)
-        serde._setup(
-            name, loaded, store or default_store(DEFAULT_SCHEMAS_DIR.resolve()), registry_url, subject
-        )
+        store = store if store is not None else default_store(DEFAULT_SCHEMAS_DIR.resolve())
+        serde._setup(name, loaded, store, registry_url, subject)
         return serde
 
     def _setup(
@@ -175,7 +174,7 @@ class Serde:
 
     # -- decode -----------------------------------------------------------------------------------
 
-    def decode(self, data: bytes) -> dict[str, Any]:
+    def decode(self, data: bytes | bytearray | memoryview | None) -> dict[str, Any]:
         """Decode one framed message into a record of this Serde's schema.
 
         ``None`` (a Kafka tombstone) counts as an empty message. Raises only SerdeError.
@@ -190,18 +189,14 @@ class Serde:
         first = data[0]
         if first == SINGLE_OBJECT_MAGIC[0]:
             if size >= 2 and data[1] != SINGLE_OBJECT_MAGIC[1]:
-                raise SerdeError(
-                    "bad-magic", f"single-object marker must be c301, got {bytes(data[:2]).hex()}"
-                )
+                raise SerdeError("bad-magic", f"single-object marker must be c301, got {bytes(data[:2]).hex()}")
             if size < _SINGLE_OBJECT_HEADER:
                 raise SerdeError("truncated", f"{size} bytes, the single-object header alone is 10")
             writer = self._writer_by_fingerprint(bytes(data[2:_SINGLE_OBJECT_HEADER]))
             return self._read_body(data, _SINGLE_OBJECT_HEADER, writer)
         if first == CONFLUENT_MAGIC[0]:
             if self._registry is None:
-                raise SerdeError(
-                    "unknown-schema", "Confluent-framed message but no schema registry is configured"
-                )
+                raise SerdeError("unknown-schema", "Confluent-framed message but no schema registry is configured")
             if size < _CONFLUENT_HEADER:
                 raise SerdeError("truncated", f"{size} bytes, the Confluent header alone is 5")
             loaded = self._registry.writer(int.from_bytes(data[1:_CONFLUENT_HEADER], "big"))
@@ -236,7 +231,9 @@ class Serde:
                 return writer
         raise SerdeError("incompatible", f"writer schema {fingerprint.hex()} -> {self._name}: {refused}")
 
-    def _read_body(self, data: bytes, offset: int, writer: ParsedSchema | None) -> dict[str, Any]:
+    def _read_body(
+        self, data: bytes | bytearray | memoryview, offset: int, writer: ParsedSchema | None
+    ) -> dict[str, Any]:
         stream = BytesIO(data)
         stream.seek(offset)
         try:

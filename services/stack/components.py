@@ -187,7 +187,9 @@ class KafkaComponent(Component):
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             if not cluster_id.startswith("-"):  # Kafka's own rule: ids must not look like a flag
                 break
-        argv = self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.root / "server.properties"))
+        argv = self._java(
+            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.root / "server.properties")
+        )
         result = subprocess.run(argv, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise StackError(f"formatting Kafka storage failed: {(result.stdout + result.stderr).strip()[-500:]}")
@@ -253,7 +255,7 @@ class RedisComponent(Component):
     def argv(self) -> list[str]:
         return [_require_tool("redis-server", "install it"), str(self.conf)]
 
-    def client(self, timeout_s: float = 2.0) -> redis.Redis:
+    def client(self, timeout_s: float = 2.0) -> redis.Redis[bytes]:
         r = self.settings.redis
         return redis.Redis.from_url(
             r.url,

@@ -88,8 +88,7 @@ class Stack:
             if code is not None or process.running() is None:
                 process.pid_file.unlink(missing_ok=True)
                 raise StackError(
-                    f"{component.name} exited (code {code}) while starting on {component.address}; "
-                    f"see {component.log}"
+                    f"{component.name} exited (code {code}) while starting on {component.address}; see {component.log}"
                 )
             status = self._status(component, probe_timeout_s=1.0)
             if status.state == "running":
@@ -109,5 +108,3 @@ class Stack:
             if wipe:
                 shutil.rmtree(component.root, ignore_errors=True)
         return outcome
-
-

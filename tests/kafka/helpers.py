@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 import confluent_kafka
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from services.kafka import Consumer, admin_config
 from services.settings import Settings

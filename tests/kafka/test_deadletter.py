@@ -50,7 +50,9 @@ def test_each_kind_of_bad_bytes_is_dead_lettered_with_its_reason(settings: Setti
     producer.flush()
     assert DEAD_LETTERS.labels(stage="test-decode", reason="truncated")._value.get() - before == 2
 
-    letters = {m.key().decode(): read_dead_letter(m) for m in read_all(settings, dlq, len(payloads), group=f"d-{unique}")}
+    letters = {
+        m.key().decode(): read_dead_letter(m) for m in read_all(settings, dlq, len(payloads), group=f"d-{unique}")
+    }
     assert letters.keys() == payloads.keys()
     for name, letter in letters.items():
         value, reason = payloads[name]
@@ -59,7 +61,8 @@ def test_each_kind_of_bad_bytes_is_dead_lettered_with_its_reason(settings: Setti
         assert letter.key == name.encode()
         assert letter.headers == [("traceparent", b"00-abc-01")]
         assert (letter.topic, letter.partition, letter.stage) == (source, 0, "test-decode")
-        assert letter.exception is not None and letter.exception.startswith("SerdeError: ")
+        assert letter.exception is not None
+        assert letter.exception.startswith("SerdeError: ")
 
     # The typed view is itself a valid DeadLetter record.
     record = letters["cut-body"].to_record()

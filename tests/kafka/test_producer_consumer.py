@@ -27,7 +27,8 @@ def test_flush_counts_acknowledged_messages(settings: Settings, unique: str) -> 
     for i in range(100):
         producer.send(topic, f"v{i}".encode(), key=f"k{i % 7}".encode(), headers=[("trace", b"t")])
     producer.flush()
-    assert producer.delivered == 100 and len(producer) == 0
+    assert producer.delivered == 100
+    assert len(producer) == 0
     msgs = read_all(settings, topic, 100, group=f"g-{unique}")
     assert sorted(m.value() for m in msgs) == sorted(f"v{i}".encode() for i in range(100))
     assert all(m.headers() == [("trace", b"t")] for m in msgs)

@@ -18,9 +18,7 @@ def _settings_with_topics(settings: Settings, unique: str) -> Settings:
 def test_create_is_idempotent(settings: Settings, unique: str) -> None:
     s = _settings_with_topics(settings, unique)
     first = ensure_topics(s)
-    assert [(r.name, r.status, r.partitions) for r in first] == [
-        (spec.name, "created", 4) for spec in topic_specs(s)
-    ]
+    assert [(r.name, r.status, r.partitions) for r in first] == [(spec.name, "created", 4) for spec in topic_specs(s)]
     second = ensure_topics(s)
     assert [(r.name, r.status) for r in second] == [(spec.name, "exists") for spec in topic_specs(s)]
 

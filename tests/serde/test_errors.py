@@ -80,9 +80,7 @@ def test_truncated_body(serde, good, cut):
     assert "ended early" in info.value.detail
 
 
-@pytest.mark.parametrize(
-    "data", [b"{", b"\x01\x02", b"\xc3\x00" + bytes(20), b"\xc3\x02" + bytes(20), b"\xc3\x00"]
-)
+@pytest.mark.parametrize("data", [b"{", b"\x01\x02", b"\xc3\x00" + bytes(20), b"\xc3\x02" + bytes(20), b"\xc3\x00"])
 def test_wrong_magic(serde, data):
     assert _reason(serde, data) == "bad-magic"
 

@@ -131,9 +131,7 @@ def test_identical_schemas_are_compatible():
     check_compatible(current(), current())
 
 
-@pytest.mark.parametrize(
-    "name", ["transaction", "score_request", "prediction", "drift_report", "dead_letter"]
-)
+@pytest.mark.parametrize("name", ["transaction", "score_request", "prediction", "drift_report", "dead_letter"])
 def test_every_schema_is_compatible_with_itself(name):
     check_compatible(current(name), current(name))
 
@@ -143,9 +141,7 @@ def test_accepts_removed_field():
 
 
 def test_accepts_added_field_with_default():
-    check_compatible(
-        with_field(current(), {"name": "mcc", "type": ["null", "string"], "default": None}), current()
-    )
+    check_compatible(with_field(current(), {"name": "mcc", "type": ["null", "string"], "default": None}), current())
 
 
 def test_accepts_int_to_long_promotion():
@@ -178,9 +174,7 @@ def test_refuses_narrowing():
 
 
 def test_refuses_removed_enum_symbol():
-    reader = field_type(
-        current(), "channel", {"type": "enum", "name": "Channel", "symbols": ["POS", "ECOM", "ATM"]}
-    )
+    reader = field_type(current(), "channel", {"type": "enum", "name": "Channel", "symbols": ["POS", "ECOM", "ATM"]})
     detail = incompatible(reader, current())
     assert "MOTO" in detail
 
@@ -282,9 +276,7 @@ def test_logical_types_follow_their_underlying_type():
     millis = {"type": "long", "logicalType": "timestamp-millis"}
     check_compatible(millis, "long")
     check_compatible("long", millis)
-    check_compatible(
-        {"type": "long", "logicalType": "timestamp-millis"}, {"type": "int", "logicalType": "date"}
-    )
+    check_compatible({"type": "long", "logicalType": "timestamp-millis"}, {"type": "int", "logicalType": "date"})
     incompatible({"type": "int", "logicalType": "date"}, millis)
 
 

@@ -63,8 +63,7 @@ def test_from_schema_and_named_serde_agree():
 
 def test_schemas_dir_override(tmp_path):
     (tmp_path / "thing.avsc").write_text(
-        '{"type": "record", "name": "Thing", "namespace": "t", '
-        '"fields": [{"name": "n", "type": "long", "doc": "x"}]}'
+        '{"type": "record", "name": "Thing", "namespace": "t", "fields": [{"name": "n", "type": "long", "doc": "x"}]}'
     )
     serde = Serde("thing", schemas_dir=tmp_path)
     assert serde.decode(serde.encode({"n": 5})) == {"n": 5}

@@ -123,15 +123,11 @@ def test_store_add_and_get():
 
 def test_store_add_rejects_invalid_schema():
     with pytest.raises(SerdeError) as info:
-        SchemaStore(preload=False).add(
-            {"type": "record", "name": "R", "fields": [{"name": "a", "type": "nope"}]}
-        )
+        SchemaStore(preload=False).add({"type": "record", "name": "R", "fields": [{"name": "a", "type": "nope"}]})
     assert info.value.reason == "bad-schema"
 
 
 def test_an_empty_store_is_used_not_replaced():
     store = SchemaStore(preload=False)
-    serde = Serde.from_schema(
-        {"type": "record", "name": "Solo", "fields": [{"name": "a", "type": "int"}]}, store=store
-    )
+    serde = Serde.from_schema({"type": "record", "name": "Solo", "fields": [{"name": "a", "type": "int"}]}, store=store)
     assert list(store) == [serde.fingerprint]

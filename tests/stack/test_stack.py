@@ -44,7 +44,8 @@ def test_status_json_is_well_formed(stack: Stack) -> None:
     for row in rows:
         assert set(row) == {"name", "state", "address", "version", "pid", "log"}
         assert row["state"] == "running"
-        assert isinstance(row["pid"], int) and Path(f"/proc/{row['pid']}").exists()
+        assert isinstance(row["pid"], int)
+        assert Path(f"/proc/{row['pid']}").exists()
         assert row["address"].startswith("127.0.0.1:")
     assert rows[0]["version"] == stack.settings.stack.kafka_version
     assert rows[1]["version"].count(".") == 2

@@ -1,0 +1,29 @@
+"""Each package exports exactly its intended public names (httpx-style): growth is a deliberate act."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+EXPECTED = {
+    "services.kafka": {
+        "Consumer", "ConsumerError", "DeadLetter", "DeadLetterPublisher", "DeliveryError", "FailedDelivery",
+        "Header", "Producer", "TopicResult", "TopicSpec", "admin_config", "consumer_config", "ensure_topics",
+        "next_offsets", "producer_config", "read_dead_letter", "topic_specs",
+    },
+    "services.serde": {
+        "REASONS", "SCHEMA_NAMES", "Reason", "SchemaStore", "Serde", "SerdeError", "check_compatible",
+        "load_schema",
+    },
+    "services.stack": {"ComponentStatus", "Stack", "StackError"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("module", sorted(EXPECTED))
+def test_exports(module: str) -> None:
+    mod = importlib.import_module(module)
+    assert set(mod.__all__) == EXPECTED[module]
+    for name in mod.__all__:
+        assert hasattr(mod, name), name
+    assert mod.__doc__, f"{module} needs a docstring"
