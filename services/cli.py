@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from services.errors import StreamscoreError
@@ -26,9 +30,11 @@ app = typer.Typer(
 stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka + Redis stack (no Docker needed).")
 topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics declared by streamscore.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
+features_app = typer.Typer(no_args_is_help=True, help="Windowed features: Feast definitions, stream processor, reads.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(topics_app, name="topics")
 app.add_typer(config_app, name="config")
+app.add_typer(features_app, name="features")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -58,6 +64,7 @@ def _load(ctx: typer.Context) -> None:
         format="%(name)s: %(message)s",
         handlers=[RichHandler(console=err_console, show_path=False)],
     )
+    logging.getLogger("feast").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
     ctx.obj = settings
 
 
@@ -177,6 +184,178 @@ def demo(
     from services.demo import run_demo
 
     run_demo(_settings(ctx), events=events, seed=seed, console=console)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """typer parses datetimes as naive; streamscore's times are UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
+
+
+@app.command("generate")
+def generate(
+    ctx: typer.Context,
+    to: Annotated[str, typer.Option("--to", help="'kafka' or a path ending in .parquet")],
+    events: Annotated[int, typer.Option(min=1, help="How many events.")] = 10_000,
+    rate: Annotated[float, typer.Option(min=0.001, help="Mean events per second of event time.")] = 100.0,
+    users: Annotated[int, typer.Option(min=1)] = 1000,
+    merchants: Annotated[int, typer.Option(min=1)] = 200,
+    seed: Annotated[int, typer.Option()] = 0,
+    fraud_rate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.01,
+    start: Annotated[datetime | None, typer.Option(help="First event time (UTC); default: now minus the span.")] = None,
+    drift_at: Annotated[datetime | None, typer.Option(help="Distributions shift from this event time (UTC).")] = None,
+    realtime: Annotated[bool, typer.Option(help="With --to kafka: send at --rate events/s of wall time.")] = False,
+) -> None:
+    """Realistic card transactions, deterministic for a seed, to Kafka or a Parquet file."""
+    from services.generator import GeneratorConfig, produce_to_kafka, write_parquet
+
+    first = _utc(start) or datetime.now(tz=UTC).replace(microsecond=0) - timedelta(seconds=events / rate)
+    try:
+        config = GeneratorConfig(
+            events=events, rate=rate, users=users, merchants=merchants, seed=seed, fraud_rate=fraud_rate,
+            start=first, drift_at=_utc(drift_at),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if to != "kafka" and not to.endswith(".parquet"):
+        raise typer.BadParameter("--to must be 'kafka' or a path ending in .parquet")
+    with _progress() as bar:
+        task = bar.add_task(f"generating → {to}", total=events, rate="")
+        advance = lambda n: bar.advance(task, n)  # noqa: E731
+        if to == "kafka":
+            count = produce_to_kafka(config, _settings(ctx), realtime=realtime, progress=advance)
+        else:
+            count = write_parquet(config, Path(to), progress=advance)
+    console.print(f"{count:,} events ({first.isoformat()} onwards) → {to}")
+
+
+@features_app.command("apply")
+def features_apply(ctx: typer.Context) -> None:
+    """Register feature_repo/definitions.py in the Feast registry (the programmatic `feast apply`)."""
+    from services.store import apply_definitions
+
+    applied = apply_definitions(_settings(ctx))
+    console.print(f"applied {len(applied)} object(s): {', '.join(applied) or 'nothing changed'}")
+
+
+@features_app.command("plan")
+def features_plan(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """The window plan compiled from the registry: what the stream and the backfill compute."""
+    from services.features import load_plans
+
+    plans = load_plans(_settings(ctx))
+    if as_json:
+        _print_json([{"view": p.name, "entity": p.entity_key, "slide_ms": p.slide_ms, "tiles": p.n_tiles,
+                      "features": [f.__dict__ for f in p.features]} for p in plans])  # fmt: skip
+        return
+    table = Table("view", "entity", "feature", "function", "column", "window")
+    for p in plans:
+        for f in p.features:
+            window = str(timedelta(milliseconds=f.window_ms)) if f.window_ms else "-"
+            table.add_row(p.name, p.entity_key, f.name, f.function, f.column, window)
+    console.print(table)
+
+
+@features_app.command("run")
+def features_run(ctx: typer.Context) -> None:
+    """The stream processor: Kafka transactions → windowed features → Feast online store (Redis)."""
+    from services.features.runner import run_processor
+
+    run_processor(_settings(ctx))
+
+
+@features_app.command("get")
+def features_get(
+    ctx: typer.Context,
+    user: Annotated[list[str], typer.Option("--user", help="User ids to read (repeatable).")],
+    merchant: Annotated[str, typer.Option(help="Merchant id paired with each user.")] = "m0000",
+    as_json: JsonFlag = False,
+) -> None:
+    """Read the model's features through Feast's own get_online_features."""
+    from services.store import feature_store, quiet_feast
+
+    store = feature_store(_settings(ctx))
+    with quiet_feast():
+        service = store.get_feature_service("fraud_model_v1")
+        rows = store.get_online_features(
+            features=service, entity_rows=[{"user_id": u, "merchant_id": merchant} for u in user]
+        ).to_dict()
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("feature", *user)
+    for name, values in rows.items():
+        if name in ("user_id", "merchant_id"):
+            continue
+        table.add_row(name, *("-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in values))
+    console.print(table)
+
+
+@app.command("backfill")
+def backfill_cmd(
+    ctx: typer.Context,
+    events: Annotated[Path, typer.Option(help="Parquet file of raw transactions, in arrival order.")],
+    start: Annotated[datetime, typer.Option(help="First instant to write feature rows for (UTC).")],
+    end: Annotated[datetime, typer.Option(help="Last instant (UTC).")],
+    materialize: Annotated[bool, typer.Option(help="Also write the values as of --end to the online store.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compute the same features over history: offline tables for training, optionally the online store."""
+    from services.features import backfill, load_plans, rules_for
+
+    settings = _settings(ctx)
+    plans = load_plans(settings)
+    writer = None
+    if materialize:
+        from services.store import OnlineWriter
+
+        writer = OnlineWriter(settings)
+    sink = None
+    if writer is not None:
+        w = writer
+
+        def sink(plan: Any, ids: list[str], values: Any, event_ms: Any) -> None:
+            w.write(plan.name, ids, {n: values[:, j] for j, n in enumerate(plan.feature_names)}, event_ms)
+
+    started = time.perf_counter()
+    with _progress() as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(view: str, done: int, total: int) -> None:
+            if view not in tasks:
+                tasks[view] = bar.add_task(f"backfill {view}", total=total, rate="")
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            bar.update(tasks[view], completed=done, rate=f"{done / elapsed:,.0f} ev/s")
+
+        report = backfill(
+            events, plans, settings.data_dir / "offline", start=_utc(start) or start, end=_utc(end) or end,
+            rules=rules_for(settings, plans), progress=progress, online=sink,
+        )  # fmt: skip
+    if as_json:
+        summary = {"events_read": report.events_read, "accepted": report.accepted, "dropped": report.dropped}
+        _print_json({**summary, "views": [v.__dict__ for v in report.views], "seconds": time.perf_counter() - started})
+        return
+    table = Table("view", "rows written", "entities", "offline table")
+    for v in report.views:
+        table.add_row(v.view, f"{v.rows:,}", f"{v.entities:,}", str(v.path))
+    console.print(table)
+    console.print(
+        f"{report.events_read:,} events read, {report.accepted:,} accepted "
+        f"({report.events_read - report.accepted:,} invalid, duplicate or late) in {time.perf_counter() - started:.1f}s"
+        + ("; online store materialized" if materialize else "")
+    )
 
 
 def main() -> None:

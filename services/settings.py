@@ -24,6 +24,7 @@ from services.errors import StreamscoreError
 
 __all__ = [
     "ConfigError",
+    "FeatureSettings",
     "KafkaSettings",
     "RedisSettings",
     "Settings",
@@ -140,8 +141,24 @@ class TopicSettings(_Section):
     predictions: str = Field("predictions", description="Model outputs")
     drift: str = Field("drift", description="Drift reports")
     dead_letters: str = Field("dead-letters", description="Failed messages, reason in headers")
+    transactions_by_merchant: str = Field(
+        "transactions-by-merchant", description="Accepted transactions re-keyed by merchant (internal)"
+    )
     partitions: int = Field(4, ge=1, le=1024, description="Partitions of each topic we create")
     replication_factor: int = Field(1, ge=1, le=16, description="Replicas of each topic we create")
+
+
+class FeatureSettings(_Section):
+    """The stream feature processor (`streamscore features run`)."""
+
+    group_id: str = Field("streamscore-features", description="Consumer group (and faust app id)")
+    allowed_lateness_s: float = Field(
+        60.0, ge=0, description="How far behind its user's watermark an event may still count"
+    )
+    max_future_s: float = Field(300.0, ge=0, description="Events further ahead of the wall clock are invalid")
+    batch_size: int = Field(5000, ge=1, description="Most events per processing batch")
+    batch_within_ms: int = Field(100, ge=1, description="Longest wait to fill a batch")
+    snapshot_interval_s: float = Field(5.0, gt=0, description="Seconds between state snapshots (recovery point)")
 
 
 class StackSettings(_Section):
@@ -168,6 +185,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     topics: TopicSettings = TopicSettings()
     stack: StackSettings = StackSettings()
+    features: FeatureSettings = FeatureSettings()
     schema_registry_url: str | None = Field(
         None, description="Confluent-compatible registry; unset = Avro single-object encoding"
     )

@@ -213,7 +213,9 @@ def read_features(rows, kinds, cols, wins, dwins, cur_k, max_t, prev_t, r_cnt, r
     holds distinct windows in tiles. Nulls are NaN (callers map them to Feast nulls).
     """
     for i in range(rows.shape[0]):
-        _read_one(i, rows[i], kinds, cols, wins, dwins, cur_k, max_t, prev_t, r_cnt, r_sum, r_min, r_max, d_last, d_n, out)
+        _read_one(
+            i, rows[i], kinds, cols, wins, dwins, cur_k, max_t, prev_t, r_cnt, r_sum, r_min, r_max, d_last, d_n, out
+        )
 
 
 @njit(cache=True, nogil=True)

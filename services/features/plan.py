@@ -54,6 +54,7 @@ class ViewPlan:
     distinct_column: str | None
     distinct_windows_ms: tuple[int, ...]
     time_column: str = "event_time"
+    watermark_delay_ms: int = 0  # the stream source's watermark_delay_threshold
 
     @property
     def n_tiles(self) -> int:
@@ -80,6 +81,7 @@ def compile_view(
     tagged_fields: Iterable[tuple[str, dict[str, str]]] = (),
     *,
     time_column: str = "event_time",
+    watermark_delay_ms: int = 0,
 ) -> ViewPlan:
     """Plan one view from Feast ``Aggregation`` objects and ``(field name, tags)`` of tagged fields."""
     features: list[FeatureSpec] = []
@@ -95,7 +97,7 @@ def compile_view(
         if window % slide:
             raise PlanError(f"{name}.{label}: time_window {agg.time_window} is not a multiple of {agg.slide_interval}")
         slides.add(slide)
-        features.append(FeatureSpec(label, fn, agg.column, window))  # type: ignore[arg-type]
+        features.append(FeatureSpec(label, fn, agg.column, window))
     for field_name, tags in tagged_fields:
         kind = tags.get(TAG_AGGREGATE)
         if kind is None:
@@ -117,10 +119,13 @@ def compile_view(
         slide_ms=slides.pop() if slides else 60_000,
         features=tuple(features),
         numeric_columns=tuple(numeric),
-        windows_ms=tuple(sorted({f.window_ms for f in features if f.function not in ("count_distinct",) and f.window_ms})),
+        windows_ms=tuple(
+            sorted({f.window_ms for f in features if f.function not in ("count_distinct",) and f.window_ms})
+        ),
         distinct_column=distinct[0] if distinct else None,
         distinct_windows_ms=tuple(sorted({f.window_ms for f in features if f.function == "count_distinct"})),
         time_column=time_column,
+        watermark_delay_ms=watermark_delay_ms,
     )
 
 
@@ -133,6 +138,10 @@ def compile_views(stream_feature_views: Iterable[Any], join_keys: dict[str, str]
         if len(keys) != 1:
             raise PlanError(f"{sfv.name}: exactly one entity join key is supported, got {keys}")
         tagged = [(f.name, dict(f.tags or {})) for f in sfv.schema]
-        time_column = sfv.stream_source.timestamp_field if sfv.stream_source is not None else "event_time"
-        plans.append(compile_view(sfv.name, keys[0], sfv.aggregations, tagged, time_column=time_column))
+        source = sfv.stream_source
+        time_column = source.timestamp_field if source is not None else "event_time"
+        delay = _ms(getattr(source, "watermark_delay_threshold", None))
+        plans.append(
+            compile_view(sfv.name, keys[0], sfv.aggregations, tagged, time_column=time_column, watermark_delay_ms=delay)
+        )
     return sorted(plans, key=lambda p: p.name)

@@ -1,7 +1,7 @@
 """Per-view window state: numpy arrays the kernels update, plus the maps from entity ids to rows.
 
-Memory is dense in tiles: ``entities × n_tiles × (1 + 3·columns) × 8`` bytes for the ring, e.g. 1,000
-users × 1,440 one-minute tiles ≈ 46 MB. Rows of entities idle for longer than the longest window are
+Memory is dense in tiles: ``entities * n_tiles * (1 + 3 * columns) * 8`` bytes for the ring, e.g. 1,000
+users * 1,440 one-minute tiles = 46 MB. Rows of entities idle for longer than the longest window are
 recycled (:meth:`ViewState.evict_idle`), so memory follows the *active* entities of one window.
 """
 
@@ -142,7 +142,9 @@ class ViewState:
                 self._grow(distinct=self.d_val.shape[1] * 2)
         return status
 
-    def apply_and_read(self, rows: I64, times: I64, values: F64, distinct: I64 | None = None) -> tuple[F64, npt.NDArray[np.int8]]:
+    def apply_and_read(
+        self, rows: I64, times: I64, values: F64, distinct: I64 | None = None
+    ) -> tuple[F64, npt.NDArray[np.int8]]:
         """Apply events and return, for each, its entity's features right after it (the backfill's rows)."""
         status = np.zeros(len(rows), np.int8)
         out = np.empty((len(rows), len(self.kinds)), np.float64)
@@ -202,7 +204,7 @@ class ViewState:
         # Strings as NUL-joined UTF-8, so loading never needs pickle.
         arrays["ids"] = np.frombuffer("\0".join("" if k is None else k for k in self.ids).encode(), np.uint8)
         arrays["values"] = np.frombuffer("\0".join(self.values).encode(), np.uint8)
-        np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+        np.savez_compressed(buf, **arrays)
         return buf.getvalue()
 
     @classmethod

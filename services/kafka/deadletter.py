@@ -55,17 +55,33 @@ class DeadLetterPublisher:
         self.stage = stage
 
     def publish(self, msg: confluent_kafka.Message, reason: str, exc: BaseException | None = None) -> None:
-        headers = _headers(msg)
+        self.publish_raw(
+            msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(), _headers(msg),
+            reason, exc,
+        )  # fmt: skip
+
+    def publish_raw(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | str | None,
+        value: bytes | None,
+        headers: list[Header],
+        reason: str,
+        exc: BaseException | None = None,
+    ) -> None:
+        """For callers whose messages come from another client (faust/aiokafka)."""
         context = {
-            "topic": msg.topic() or "",
-            "partition": str(msg.partition()),
-            "offset": str(msg.offset()),
+            "topic": topic,
+            "partition": str(partition),
+            "offset": str(offset),
             "stage": self.stage,
             "reason": reason,
             "exception": _exception_text(exc),
         }
-        headers.extend((HEADER_PREFIX + name, value.encode()) for name, value in context.items())
-        self.producer.send(self.topic, msg.value(), key=msg.key(), headers=headers)
+        out = list(headers) + [(HEADER_PREFIX + name, v.encode()) for name, v in context.items()]
+        self.producer.send(self.topic, value, key=key, headers=out)
         DEAD_LETTERS.labels(stage=self.stage, reason=reason).inc()
 
 

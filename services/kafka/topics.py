@@ -58,6 +58,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         spec(t.predictions, "model outputs (Prediction), keyed by request id", 7),
         spec(t.drift, "drift reports (DriftReport), keyed by worker", 30),
         spec(t.dead_letters, "original bytes of failed messages, reason in headers", 14),
+        spec(t.transactions_by_merchant, "accepted transactions re-keyed by merchant (features, internal)", 2),
     ]
 
 

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.integration
 
 
 def _settings_with_topics(settings: Settings, unique: str) -> Settings:
-    names = {f: f"{f}-{unique}" for f in ("transactions", "score_requests", "predictions", "drift", "dead_letters")}
+    names = {f: f"{f}-{unique}" for f in ("transactions", "score_requests", "predictions", "drift", "dead_letters", "transactions_by_merchant")}
     return settings.model_copy(update={"topics": settings.topics.model_copy(update=names)})
 
 
@@ -38,5 +38,12 @@ def test_reports_a_topic_with_too_few_partitions(settings: Settings, unique: str
 
 def test_every_declared_topic_has_a_retention() -> None:
     specs = topic_specs(Settings())
-    assert [s.name for s in specs] == ["transactions", "score-requests", "predictions", "drift", "dead-letters"]
+    assert [s.name for s in specs] == [
+        "transactions",
+        "score-requests",
+        "predictions",
+        "drift",
+        "dead-letters",
+        "transactions-by-merchant",
+    ]
     assert all(int(s.config["retention.ms"]) > 0 for s in specs)

@@ -1,0 +1,37 @@
+"""Start the feature processor as a faust worker in this process (`streamscore features run`)."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+from prometheus_client import start_http_server
+
+from services.features import load_plans, rules_for
+from services.features.app import build_app
+from services.kafka import ensure_topics
+from services.settings import Settings
+
+__all__ = ["run_processor"]
+
+log = logging.getLogger(__name__)
+
+
+def run_processor(settings: Settings) -> None:
+    """Blocks until SIGINT/SIGTERM; faust then revokes our partitions, which snapshots and commits them."""
+    ensure_topics(settings)
+    plans = load_plans(settings)
+    app, processor = build_app(settings, plans, rules_for(settings, plans))
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1")
+        log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
+    log.info(
+        "feature processor: views %s, group %s, snapshots in %s",
+        ", ".join(p.name for p in plans), settings.features.group_id, processor.snapshots.directory,
+    )  # fmt: skip
+    worker = faust.Worker(app, loglevel=settings.log_level.lower(), redirect_stdouts=False, override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        processor.snapshot()
+        processor.producer.flush()
