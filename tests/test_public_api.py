@@ -17,6 +17,18 @@ EXPECTED = {
         "load_schema",
     },
     "services.stack": {"ComponentStatus", "Stack", "StackError"},
+    "services.store": {
+        "PROJECT", "REPO_PATH", "OnlineWriter", "apply_definitions", "feast_env", "feature_store", "quiet_feast",
+        "repo_config", "settings_env",
+    },
+    "services.generator": {
+        "ARROW_SCHEMA", "GeneratorConfig", "generate", "generate_frame", "generate_tables", "produce_to_kafka",
+        "write_parquet",
+    },
+    "services.features": {
+        "BackfillReport", "EventRules", "FeatureSpec", "PlanError", "ViewPlan", "ViewState", "backfill",
+        "compile_view", "compile_views", "load_plans", "rules_for",
+    },
 }  # fmt: skip
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+from pathlib import Path
 
 from tests.benchmarks import bench_serde
 
 
 def main() -> None:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?"
-    )
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
     print(f"## Run of {datetime.date.today().isoformat()}\n")
     print(f"`make bench` on {platform.node()}: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}\n")
     print(bench_serde.run())

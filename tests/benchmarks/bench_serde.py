@@ -59,7 +59,7 @@ def run() -> str:
         rows.append(f"| transaction {what} | {base:,.0f} | {mine:,.0f} | {mine / base:.2f} |")
     return "\n".join(
         [
-            "### Avro serde (records/s, one core, best of 3 × 50k)",
+            "### Avro serde (records/s, one core, best of 3 x 50k)",
             "",
             "| operation | bare fastavro schemaless (baseline) | streamscore Serde | ratio |",
             "| --- | ---: | ---: | ---: |",

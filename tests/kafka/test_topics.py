@@ -11,7 +11,8 @@ pytestmark = pytest.mark.integration
 
 
 def _settings_with_topics(settings: Settings, unique: str) -> Settings:
-    names = {f: f"{f}-{unique}" for f in ("transactions", "score_requests", "predictions", "drift", "dead_letters", "transactions_by_merchant")}
+    fields = ("transactions", "score_requests", "predictions", "drift", "dead_letters", "transactions_by_merchant")
+    names = {f: f"{f}-{unique}" for f in fields}
     return settings.model_copy(update={"topics": settings.topics.model_copy(update=names)})
 
 
