@@ -181,6 +181,9 @@ def build_app(settings: Settings, plans: Sequence[ViewPlan], rules: EventRules) 
         consumer_auto_offset_reset="earliest",
         broker_commit_every=10_000_000,
         broker_commit_interval=1.0,
+        # faust's 60 s default keeps a crashed worker's partitions idle for a minute before reassignment.
+        broker_session_timeout=f.session_timeout_s,
+        broker_heartbeat_interval=f.session_timeout_s / 3,
         stream_buffer_maxsize=max(4096, 2 * f.batch_size),
         loghandlers=[],
     )

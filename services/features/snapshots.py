@@ -65,7 +65,7 @@ class SnapshotStore:
         with np.load(target, allow_pickle=False) as blob:
             meta = json.loads(blob["meta"].tobytes())
             by_name = {p.name: p for p in plans}
-            plans_now = {name: repr(plan) for name, plan in by_name.items()}
+            plans_now = {name: repr(by_name[name]) for name in meta["views"] if name in by_name}
             if meta.get("format") != _FORMAT or meta.get("plans") != plans_now:
                 return None  # made for other feature definitions: its tiles mean something else
             views = {

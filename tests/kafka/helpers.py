@@ -29,3 +29,17 @@ def read_all(
             out.extend(consumer.poll_batch(500, 0.5))
     assert len(out) >= expected, f"read {len(out)} of {expected} messages from {topic}"
     return out
+
+
+def drain(settings: Settings, topic: str, *, group: str, idle_s: float = 3.0, timeout_s: float = 60.0) -> list:
+    """Every message of ``topic`` from the start: read until nothing new arrives for ``idle_s``."""
+    out: list[confluent_kafka.Message] = []
+    with Consumer(settings.kafka, group, [topic]) as consumer:
+        deadline = time.monotonic() + timeout_s
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - quiet_since < idle_s:
+            batch = consumer.poll_batch(1000, 0.5)
+            if batch:
+                out.extend(batch)
+                quiet_since = time.monotonic()
+    return out

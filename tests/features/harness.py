@@ -1,0 +1,101 @@
+"""Run the real feature processor (`python -m services features run`) against the test stack."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from services.kafka import consumer_config
+from services.settings import Settings
+from services.store import settings_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ProcessorProcess:
+    """The processor in a child process; ``log`` collects its output for failure messages."""
+
+    def __init__(self, settings: Settings, log: Path) -> None:
+        self.settings = settings
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ProcessorProcess:
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
+        env.update(settings_env(self.settings))
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "services", "features", "run"],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        return self
+
+    def kill(self) -> None:
+        """kill -9: no snapshot, no commit, no goodbye."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> ProcessorProcess:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def lag(settings: Settings, topics: list[str]) -> int:
+    """Messages not yet committed by the processor's group across ``topics`` (committed = covered by a
+    snapshot, so zero lag means every event is applied, written online, and recoverable)."""
+    probe = Consumer(consumer_config(settings.kafka, settings.features.group_id, client_suffix="lag-probe"))
+    try:
+        total = 0
+        for topic in topics:
+            meta = probe.list_topics(topic, timeout=10).topics[topic]
+            tps = [TopicPartition(topic, p) for p in meta.partitions]
+            for tp in probe.committed(tps, timeout=10):
+                _, high = probe.get_watermark_offsets(tp, timeout=10)
+                total += high - max(tp.offset, 0)
+        return total
+    finally:
+        probe.close()
+
+
+def wait_caught_up(settings: Settings, proc: ProcessorProcess, timeout_s: float = 120.0) -> float:
+    """Wait until the processor committed everything on both topics; returns the seconds it took."""
+    topics = [settings.topics.transactions, settings.topics.transactions_by_merchant]
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if not proc.alive():
+            raise AssertionError(f"processor exited ({proc.proc and proc.proc.returncode}):\n{proc.tail()}")
+        try:
+            if lag(settings, topics) == 0:
+                return time.monotonic() - started
+        except KafkaException:
+            pass  # the group coordinator is still loading: ask again
+
+        time.sleep(0.5)
+    raise AssertionError(f"processor still behind after {timeout_s}s (lag {lag(settings, topics)}):\n{proc.tail()}")
