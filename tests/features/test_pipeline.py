@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -147,12 +146,12 @@ def _same(a: object, b: float) -> bool:
 
 
 @pytest.fixture(params=["straight", "kill-9"])
-def run(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> Iterator[tuple[str, Settings, Path]]:
+def run(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> tuple[str, Settings, Path]:
     name = f"{request.param}-{tmp_path.name[-12:]}".replace("_", "-")
     s = _isolated(settings, tmp_path, name, redis_db=1 if request.param == "straight" else 2)
     ensure_topics(s)
     apply_definitions(s)
-    yield request.param, s, tmp_path
+    return request.param, s, tmp_path
 
 
 def test_stream_and_backfill_agree_with_pandas(run: tuple[str, Settings, Path]) -> None:
