@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from faust.types import TP
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -207,11 +208,20 @@ def build_app(settings: Settings, plans: Sequence[ViewPlan], rules: EventRules) 
     agent_for(settings.topics.transactions, processor.ingest)
     agent_for(settings.topics.transactions_by_merchant, processor.rekey)
 
+    topic_of = {
+        processor.ingest.name: settings.topics.transactions,
+        processor.rekey.name: settings.topics.transactions_by_merchant,
+    }
+
     @app.timer(f.snapshot_interval_s)  # type: ignore[untyped-decorator]
     async def snapshot_then_ack() -> None:
         async with processor.lock:
             await asyncio.get_running_loop().run_in_executor(None, processor.snapshot)
             await processor.ack_all()
+        for (stage, partition), state in list(processor.states.items()):
+            high = app.consumer.highwater(TP(topic_of[stage], partition))
+            if high is not None:
+                LAG.labels(topic_of[stage], str(partition)).set(max(0, high - state.next_offset))
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:

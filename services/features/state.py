@@ -110,6 +110,18 @@ class ViewState:
         self.ids[row] = key
         return row
 
+    def ensure_rows(self, rows: int) -> None:
+        """Capacity for ``rows`` rows addressed directly (the backfill's mode: no entity-id maps)."""
+        if rows > self.capacity:
+            self._grow(entities=max(rows, self.capacity * 2))
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy row ``src`` to ``dst`` and clear every other row in use (the backfill's carry-over)."""
+        saved = {name: getattr(self, name)[src].copy() for name in _ARRAYS}
+        self._reset_row(slice(0, max(src, dst) + 1))
+        for name, value in saved.items():
+            getattr(self, name)[dst] = value
+
     def value_ids(self, values: Sequence[str]) -> I64:
         out = np.empty(len(values), np.int64)
         table = self.values
@@ -185,7 +197,7 @@ class ViewState:
             self._reset_row(row)
         return len(idle)
 
-    def _reset_row(self, row: int) -> None:
+    def _reset_row(self, row: int | slice) -> None:
         for name in ("cur_k", "tile_id", "d_val", "d_last"):
             getattr(self, name)[row] = -1
         for name in ("max_t", "prev_t", "seen_max"):
