@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-from faust.types import TP
 import numpy as np
+from faust.types import TP
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.features.plan import ViewPlan

@@ -245,21 +245,8 @@ def backfill(
         return call
 
     with ThreadPoolExecutor(max_workers=min(len(plans), os.cpu_count() or 1)) as pool:
-        futures = [
-            pool.submit(
-                _run_view,
-                con.cursor(),
-                plan,
-                "accepted",
-                out_dir,
-                start_ms,
-                chunk_rows,
-                report.accepted,
-                locked(progress),
-                locked(online),
-            )  # fmt: skip
-            for plan in plans
-        ]
+        args = ("accepted", out_dir, start_ms, chunk_rows, report.accepted, locked(progress), locked(online))
+        futures = [pool.submit(_run_view, con.cursor(), plan, *args) for plan in plans]
         report.views = [f.result() for f in futures]
     con.close()
     scratch.unlink(missing_ok=True)
