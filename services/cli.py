@@ -59,11 +59,12 @@ def _load(ctx: typer.Context) -> None:
     from rich.logging import RichHandler
 
     settings = load_settings()
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
+    # Rich for people at a terminal; one plain line per record for log collectors (Rich would wrap at 80).
+    handler: logging.Handler = (
+        RichHandler(console=err_console, show_path=False) if err_console.is_terminal else logging.StreamHandler()
     )
+    fmt = "%(name)s: %(message)s" if err_console.is_terminal else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=settings.log_level, format=fmt, handlers=[handler])
     logging.getLogger("feast").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
     ctx.obj = settings
 

@@ -7,6 +7,7 @@ processor killed -9 mid-stream and restarted."""
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from services.kafka import Producer, ensure_topics, read_dead_letter
 from services.serde import Serde
 from services.settings import Settings
 from services.store import apply_definitions, feature_store, quiet_feast
+from tests.conftest import free_port
 from tests.features.harness import ProcessorProcess, lag, wait_caught_up
 from tests.features.reference import reference_at
 from tests.kafka.helpers import drain
@@ -171,9 +173,27 @@ def test_stream_and_backfill_agree_with_pandas(run: tuple[str, Settings, Path]) 
             time.sleep(0.2)
         first.kill()
         assert _lag(settings, topics) > 0, "killed too late to test recovery"
-    with ProcessorProcess(settings, log) as proc:
-        wait_caught_up(settings, proc)
+    if mode == "straight":
+        # Scale-out: two processes split the partitions; merchants still come out right via the re-keyed topic.
+        port = free_port()
+        metrics_settings = settings.model_copy(update={"metrics_port": port})
+        with ProcessorProcess(metrics_settings, log) as one, ProcessorProcess(settings, tmp / "second.log") as two:
+            wait_caught_up(settings, one)
+            assert two.alive(), two.tail()
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert "Traceback" not in two.log.read_text(), two.tail()
+    else:
+        with ProcessorProcess(settings, log) as proc:
+            wait_caught_up(settings, proc)
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+    if mode == "straight":
+        for name in (
+            "streamscore_features_events_in_total", "streamscore_features_batches_total",
+            "streamscore_features_batch_size_bucket", "streamscore_features_late_events_total",
+            "streamscore_dead_letters_total", "streamscore_online_write_seconds_bucket",
+            "streamscore_features_freshness_seconds_bucket", "streamscore_features_consumer_lag",
+        ):  # fmt: skip
+            assert name in metrics, name
 
     # Backfill the same history (arrival order, with its duplicates and invalid rows).
     history = tmp / "history.parquet"
