@@ -15,7 +15,7 @@ help:
 	@echo "make install  - Debian packages, .venv with streamscore[dev], Kafka jars"
 	@echo "make up/down  - start/stop the local Kafka + Redis (data kept; 'make down WIPE=1' deletes it)"
 	@echo "make test     - install, then the whole test suite against a real broker and Redis"
-	@echo "make demo     - install, start the stack, send Avro events through Kafka and print them"
+	@echo "make demo     - install, start the stack, then history -> backfill -> stream processor -> Feast reads"
 	@echo "make lint     - ruff + mypy"
 	@echo "make bench    - benchmarks (results to paste into BENCHMARKS.md)"
 
@@ -68,7 +68,7 @@ fmt: venv
 	$(BIN)/ruff check --fix services tests loadtest
 
 demo: up
-	$(BIN)/streamscore demo --events 8
+	$(BIN)/streamscore demo
 	@echo "The stack is still running: 'make status' to look, 'make down' to stop it."
 
 bench: install

@@ -178,13 +178,13 @@ def config_table() -> None:
 @app.command("demo")
 def demo(
     ctx: typer.Context,
-    events: Annotated[int, typer.Option(min=1, max=10_000, help="How many events to send.")] = 5,
-    seed: Annotated[int, typer.Option(help="Random seed of the sample events.")] = 7,
+    history: Annotated[int, typer.Option(min=1000, help="Historical events to generate.")] = 100_000,
+    live: Annotated[int, typer.Option(min=100, help="Live events sent while the processor runs.")] = 10_000,
 ) -> None:
-    """Send a handful of Avro transactions through Kafka and print them as read back."""
+    """The pipeline end to end on the running stack: Avro round trip, history, backfill, stream, Feast reads."""
     from services.demo import run_demo
 
-    run_demo(_settings(ctx), events=events, seed=seed, console=console)
+    run_demo(_settings(ctx), console=console, history_events=history, live_events=live)
 
 
 def _utc(value: datetime | None) -> datetime | None:

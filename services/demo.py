@@ -1,27 +1,40 @@
-"""`make demo`, first chapter: Avro transactions through the real broker and back, decoded."""
+"""`make demo`: the pipeline so far, end to end on the local stack, told in chapters.
+
+1. Avro transactions through Kafka and back, decoded.
+2. History: generated transactions to Kafka (the log the stream processor replays) and to Parquet.
+3. Backfill: the same feature definitions over the Parquet history, into Feast's offline tables.
+4. The stream processor starts, catches up on history and takes live events; a few users' features
+   are read back through Feast's own ``get_online_features``.
+"""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import confluent_kafka
+from confluent_kafka import KafkaException
 from rich.console import Console
 from rich.table import Table
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from services.kafka import Consumer, Producer
+from services.kafka import Consumer, Producer, group_lag
 from services.serde import Serde
 from services.settings import Settings
 
-__all__ = ["run_demo", "sample_transactions"]
+__all__ = ["run_avro_roundtrip", "run_demo", "sample_transactions"]
 
 
 def sample_transactions(n: int, seed: int) -> list[dict[str, Any]]:
-    """A few plausible card transactions; the full generator arrives with the features stage."""
+    """A few plausible card transactions for the round trip (the full generator is ``services.generator``)."""
     rng = random.Random(seed)
     now = datetime.now(tz=UTC).replace(microsecond=0)
     return [
@@ -52,7 +65,9 @@ def _end_offset(consumer: Consumer, topic: str, partition: int) -> int:
     return int(high)
 
 
-def run_demo(settings: Settings, *, events: int, seed: int, console: Console, timeout_s: float = 30.0) -> None:
+def run_avro_roundtrip(
+    settings: Settings, *, events: int, seed: int, console: Console, timeout_s: float = 30.0
+) -> None:
     topic = settings.topics.transactions
     serde = Serde("transaction", registry_url=settings.schema_registry_url, subject=f"{topic}-value")
     records = sample_transactions(events, seed)
@@ -91,3 +106,101 @@ def run_demo(settings: Settings, *, events: int, seed: int, console: Console, ti
     if wanted:
         raise RuntimeError(f"{len(wanted)} of {len(records)} events were not read back within {timeout_s}s")
     console.print(f"read back and decoded all {len(records)} events from Kafka")
+
+
+def _wait_caught_up(settings: Settings, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> float:
+    topics = [settings.topics.transactions, settings.topics.transactions_by_merchant]
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if proc.poll() is not None:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+            raise RuntimeError(f"the feature processor exited ({proc.returncode}); {log}:\n{tail}")
+        try:
+            if group_lag(settings.kafka, settings.features.group_id, topics) == 0:
+                return time.monotonic() - started
+        except KafkaException:
+            pass  # group coordinator still loading
+        time.sleep(1.0)
+    raise RuntimeError(f"the feature processor did not catch up within {timeout_s:.0f}s; see {log}")
+
+
+def run_demo(settings: Settings, *, console: Console, history_events: int = 100_000, live_events: int = 10_000) -> None:
+    from services.features import backfill, load_plans, rules_for
+    from services.generator import GeneratorConfig, produce_to_kafka, write_parquet
+    from services.kafka import ensure_topics
+    from services.store import OnlineWriter, apply_definitions, feature_store, quiet_feast, settings_env
+
+    console.rule("1. Avro through Kafka")
+    run_avro_roundtrip(settings, events=5, seed=7, console=console)
+
+    console.rule("2. History: generated transactions to Kafka and Parquet")
+    ensure_topics(settings)
+    apply_definitions(settings)
+    now = datetime.now(tz=UTC).replace(microsecond=0)
+    common: dict[str, Any] = {"users": 2000, "merchants": 300, "fraud_rate": 0.01}
+    # Spread over about 40 h of the last two days, so the 24 h windows of the live events reach into it.
+    rate = history_events / (40 * 3600)
+    history = GeneratorConfig(events=history_events, rate=rate, seed=1, start=now - timedelta(days=2), **common)
+    parquet = settings.data_dir / "demo" / "history.parquet"
+    parquet.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    write_parquet(history, parquet)
+    sent = produce_to_kafka(history, settings)
+    console.print(f"{sent:,} events from {history.start:%Y-%m-%d %H:%M} UTC → {parquet} and Kafka "
+                  f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
+
+    console.rule("3. Backfill from the same Feast definitions")
+    plans = load_plans(settings)
+    writer = OnlineWriter(settings)
+
+    def online(plan: Any, ids: list[str], values: Any, event_ms: Any) -> None:
+        writer.write(plan.name, ids, {n: values[:, j] for j, n in enumerate(plan.feature_names)}, event_ms)
+
+    started = time.perf_counter()
+    report = backfill(
+        parquet, plans, settings.data_dir / "offline", start=history.start, end=now,
+        rules=rules_for(settings, plans), online=online,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    for view in report.views:
+        console.print(f"{view.view}: {view.rows:,} rows for {view.entities:,} entities → {view.path}")
+    console.print(f"{report.accepted:,} of {report.events_read:,} events accepted, {elapsed:.1f}s "
+                  f"({report.events_read / elapsed:,.0f} events/s); online store materialized")  # fmt: skip
+
+    console.rule("4. Stream processor: history replay, then live events")
+    log = settings.data_dir / "logs" / "features-demo.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
+    env.update(settings_env(settings))
+    env["STREAMSCORE_METRICS_PORT"] = "0"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services", "features", "run"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        took = _wait_caught_up(settings, proc, log, timeout_s=300)
+        console.print(f"processor caught up on {history_events:,} historical events in {took:.0f}s (log: {log})")
+        live = GeneratorConfig(events=live_events, rate=200.0, seed=2, start=datetime.now(tz=UTC) - timedelta(
+            seconds=live_events / 200.0), **common)  # fmt: skip
+        produce_to_kafka(live, settings)
+        took = _wait_caught_up(settings, proc, log, timeout_s=300)
+        console.print(f"{live_events:,} live events processed {took:.1f}s after they were sent")
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+    from services.generator import generate_frame
+
+    live_frame = generate_frame(live)
+    busiest = [u for u, _ in Counter(live_frame["user_id"]).most_common(3)]
+    merchant = Counter(live_frame["merchant_id"]).most_common(1)[0][0]
+    store = feature_store(settings)
+    with quiet_feast():
+        service = store.get_feature_service("fraud_model_v1")
+        rows = store.get_online_features(
+            features=service, entity_rows=[{"user_id": u, "merchant_id": merchant} for u in busiest]
+        ).to_dict()
+    table = Table(f"feature (Feast get_online_features; merchant {merchant})", *busiest)
+    for name in sorted(k for k in rows if k not in ("user_id", "merchant_id")):
+        table.add_row(name, *("-" if v is None else f"{v:,.4g}" for v in rows[name]))
+    console.print(table)

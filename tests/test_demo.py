@@ -5,7 +5,7 @@ import io
 import pytest
 from rich.console import Console
 
-from services.demo import run_demo, sample_transactions
+from services.demo import run_avro_roundtrip, sample_transactions
 from services.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 def test_demo_reads_back_every_event_it_sent(settings: Settings) -> None:
     out = io.StringIO()
-    run_demo(settings, events=6, seed=3, console=Console(file=out, width=200))
+    run_avro_roundtrip(settings, events=6, seed=3, console=Console(file=out, width=200))
     text = out.getvalue()
     assert "read back and decoded all 6 events from Kafka" in text
     for record in sample_transactions(6, seed=3):

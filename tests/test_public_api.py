@@ -10,7 +10,7 @@ EXPECTED = {
     "services.kafka": {
         "Consumer", "ConsumerError", "DeadLetter", "DeadLetterPublisher", "DeliveryError", "FailedDelivery",
         "Header", "Producer", "TopicResult", "TopicSpec", "admin_config", "consumer_config", "ensure_topics",
-        "next_offsets", "producer_config", "read_dead_letter", "topic_specs",
+        "group_lag", "next_offsets", "producer_config", "read_dead_letter", "topic_specs",
     },
     "services.serde": {
         "REASONS", "SCHEMA_NAMES", "Reason", "SchemaStore", "Serde", "SerdeError", "check_compatible",

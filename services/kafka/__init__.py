@@ -7,6 +7,7 @@ Public names: :class:`Producer` (idempotent, delivery reports surfaced), :class:
 from services.kafka.config import admin_config, consumer_config, producer_config
 from services.kafka.consumer import Consumer, ConsumerError, next_offsets
 from services.kafka.deadletter import DeadLetter, DeadLetterPublisher, read_dead_letter
+from services.kafka.lag import group_lag
 from services.kafka.producer import DeliveryError, FailedDelivery, Header, Producer
 from services.kafka.topics import TopicResult, TopicSpec, ensure_topics, topic_specs
 
@@ -24,6 +25,7 @@ __all__ = [
     "admin_config",
     "consumer_config",
     "ensure_topics",
+    "group_lag",
     "next_offsets",
     "producer_config",
     "read_dead_letter",

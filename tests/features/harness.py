@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 
-from services.kafka import consumer_config
+from services.kafka import group_lag
 from services.settings import Settings
 from services.store import settings_env
 
@@ -68,20 +68,9 @@ class ProcessorProcess:
 
 
 def lag(settings: Settings, topics: list[str]) -> int:
-    """Messages not yet committed by the processor's group across ``topics`` (committed = covered by a
-    snapshot, so zero lag means every event is applied, written online, and recoverable)."""
-    probe = Consumer(consumer_config(settings.kafka, settings.features.group_id, client_suffix="lag-probe"))
-    try:
-        total = 0
-        for topic in topics:
-            meta = probe.list_topics(topic, timeout=10).topics[topic]
-            tps = [TopicPartition(topic, p) for p in meta.partitions]
-            for tp in probe.committed(tps, timeout=10):
-                _, high = probe.get_watermark_offsets(tp, timeout=10)
-                total += high - max(tp.offset, 0)
-        return total
-    finally:
-        probe.close()
+    """Messages not yet committed by the processor's group (committed = covered by a snapshot, so zero lag
+    means every event is applied, written online, and recoverable)."""
+    return group_lag(settings.kafka, settings.features.group_id, topics)
 
 
 def wait_caught_up(settings: Settings, proc: ProcessorProcess, timeout_s: float = 120.0) -> float:
