@@ -304,6 +304,22 @@ def features_get(
     console.print(table)
 
 
+@app.command("feast", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def feast_cli(ctx: typer.Context) -> None:
+    """Feast's own CLI on feature_repo/, configured from the STREAMSCORE_* settings (e.g. `streamscore feast
+    feature-views list`)."""
+    import os
+    import subprocess
+
+    from services.store import REPO_PATH, feast_env, settings_env
+
+    settings = _settings(ctx)
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
+    env.update(settings_env(settings) | feast_env(settings))
+    feast = Path(sys.executable).with_name("feast")
+    raise typer.Exit(subprocess.run([str(feast), "-c", str(REPO_PATH), *ctx.args], env=env, check=False).returncode)
+
+
 @app.command("backfill")
 def backfill_cmd(
     ctx: typer.Context,

@@ -62,3 +62,19 @@ def test_prometheus_scrapes_the_default_metrics_port() -> None:
     config = yaml.safe_load(compose["configs"]["prometheus"]["content"])
     targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
     assert any(t.endswith(f":{Settings().metrics_port}") for t in targets)
+
+
+def test_pipeline_services_reach_kafka_and_redis_inside_the_network() -> None:
+    compose = _compose()
+    kafka_env = compose["services"]["kafka"]["environment"]
+    internal = next(a for a in kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(",") if a.startswith("INTERNAL://"))
+    for name in ("init", "features"):
+        env = compose["services"][name]["environment"]
+        assert env["STREAMSCORE_KAFKA__BOOTSTRAP_SERVERS"] == internal.removeprefix("INTERNAL://")
+        assert env["STREAMSCORE_REDIS__URL"].startswith("redis://redis:")
+        # Every variable the compose file sets must be a real setting (a typo would stop the service).
+        from services.settings import env_names
+
+        assert set(env) <= env_names().keys(), set(env) - env_names().keys()
+    assert compose["services"]["features"]["command"] == ["features", "run"]
+    assert compose["services"]["features"]["depends_on"]["init"]["condition"] == "service_completed_successfully"
