@@ -77,9 +77,9 @@ class FeatureProcessor:
             rules,
             serde,
             partition_key="user_id",
-            forward_topics={"merchant_id": topics.transactions_by_merchant},
+            forwards={"merchant_id": (topics.transactions_by_merchant, topics.partitions)},
         )
-        self.rekey = RekeyStage(plans, serde, entity_key="merchant_id")
+        self.rekey = RekeyStage(plans, entity_key="merchant_id")
         self.plans = {p.name: p for p in plans}
         self.producer = Producer(settings.kafka, client_suffix="features")
         self.dead_letters = DeadLetterPublisher(self.producer, topics.dead_letters, stage="features")
@@ -121,8 +121,8 @@ class FeatureProcessor:
             )
             if reason == "late":
                 LATE.inc()
-        for topic, key, value, headers in merged.forwards:
-            self.producer.send(topic, value, key=key, headers=headers)
+        for topic, key, value, headers, partition in merged.forwards:
+            self.producer.send(topic, value, key=key, headers=headers, partition=partition)
         for view, parts in online.items():
             ids = [i for p in parts for i in p.ids]
             if not ids:

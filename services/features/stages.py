@@ -2,12 +2,13 @@
 
 ``transactions`` is keyed by user, so one partition holds all of a user's events and the user views can
 be computed where they arrive. A merchant's events are spread over every partition, so the *ingest* stage
-forwards each accepted event to ``transactions-by-merchant``, keyed by merchant, and the *rekey* stage
-computes the merchant views there: each merchant again lives in one partition and one process.
+forwards the accepted events to ``transactions-by-merchant``, one columnar batch per target partition
+(``forward.py``), and the *rekey* stage computes the merchant views there: each merchant again lives in
+one partition and one process.
 
 Acceptance (validation, duplicates, lateness) is decided once, at ingest, so the merchant views see the
-same events the user views do. Forwards carry ``streamscore.src = <partition>:<offset>``; after a replay
-the rekey stage skips sources at or below the highest offset it already applied from that partition,
+same events the user views do. Each forwarded event carries its source offset; after a replay the rekey
+stage drops the events at or below the highest offset it already applied from that source partition,
 which removes exactly the replayed copies (one producer per source partition keeps them in order).
 """
 
@@ -19,8 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pyarrow as pa
 
 from services.features import kernels
+from services.features.forward import FORMAT_HEADER, decode_batch, encode_batch, target_partitions
 from services.features.plan import ViewPlan
 from services.features.rules import Deduplicator, EventRules
 from services.features.state import ViewState
@@ -29,7 +32,9 @@ from services.serde import Serde, SerdeError
 
 __all__ = ["InRecord", "IngestStage", "OnlineRows", "PartitionState", "RekeyStage", "StageOutput"]
 
-SOURCE_HEADER = "streamscore.src"
+SOURCE_HEADER = "streamscore.src.partition"
+SOURCE_OFFSET = "_source_offset"
+TIME = "_time_ms"
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,8 @@ class OnlineRows:
 @dataclass
 class StageOutput:
     dead: list[tuple[InRecord, str, BaseException | None]] = field(default_factory=list)
-    forwards: list[tuple[str, bytes, bytes, list[Header]]] = field(default_factory=list)  # topic, key, value, hdrs
+    # (topic, key, value, headers, partition)
+    forwards: list[tuple[str, bytes, bytes, list[Header], int]] = field(default_factory=list)
     online: dict[str, OnlineRows] = field(default_factory=dict)
     applied: int = 0
     event_ms: list[int] = field(default_factory=list)  # of applied events, for freshness
@@ -85,7 +91,7 @@ class IngestStage:
         serde: Serde,
         *,
         partition_key: str = "user_id",
-        forward_topics: dict[str, str] | None = None,
+        forwards: dict[str, tuple[str, int]] | None = None,
     ) -> None:
         self.plans = [p for p in plans if p.entity_key == partition_key]
         if not self.plans:
@@ -93,8 +99,11 @@ class IngestStage:
         self.rules = rules
         self.serde = serde
         self.partition_key = partition_key
-        self.forward_topics = forward_topics or {}
-        self.numeric = {p.name: list(p.numeric_columns) for p in self.plans}
+        # entity key -> (topic, partitions, columns its views read)
+        self.forwards = {
+            key: (topic, n, _columns_for([p for p in plans if p.entity_key == key]))
+            for key, (topic, n) in (forwards or {}).items()
+        }
 
     def new_state(self) -> PartitionState:
         return PartitionState({p.name: ViewState(p) for p in self.plans}, dedup=Deduplicator(self.rules.allowed_lag_ms))
@@ -159,11 +168,25 @@ class IngestStage:
             out.online[plan.name] = _online(view, vrows[status == kernels.APPLIED])
         out.applied = len(applied)
         out.event_ms = times[applied].tolist()
-        for i in applied.tolist():
-            rec, record = kept[i], decoded[i]
-            headers = [*rec.headers, (SOURCE_HEADER, f"{rec.partition}:{rec.offset}".encode())]
-            for key, topic in self.forward_topics.items():
-                out.forwards.append((topic, str(record[key]).encode(), rec.value or b"", headers))
+        if len(applied):
+            partition = kept[0].partition
+            offsets = pa.array([kept[i].offset for i in applied.tolist()], pa.int64())
+            for key, (topic, partitions, columns) in self.forwards.items():
+                keys_out = [str(decoded[i][key]) for i in applied.tolist()]
+                table: dict[str, pa.Array] = {
+                    key: pa.array(keys_out, pa.string()),
+                    TIME: pa.array(times[applied], pa.int64()),
+                    SOURCE_OFFSET: offsets,
+                }
+                for column in columns:
+                    if column not in table:
+                        table[column] = pa.array([decoded[i][column] for i in applied.tolist()])
+                targets = target_partitions(keys_out, partitions)
+                headers = [FORMAT_HEADER, (SOURCE_HEADER, str(partition).encode())]
+                for target in np.unique(targets).tolist():
+                    mask = pa.array(targets == target)
+                    part = {name: col.filter(mask) for name, col in table.items()}
+                    out.forwards.append((topic, str(partition).encode(), encode_batch(part), headers, target))
         return out
 
 
@@ -172,9 +195,8 @@ class RekeyStage:
 
     name = "features-rekey"
 
-    def __init__(self, plans: Sequence[ViewPlan], serde: Serde, *, entity_key: str) -> None:
+    def __init__(self, plans: Sequence[ViewPlan], *, entity_key: str) -> None:
         self.plans = [p for p in plans if p.entity_key == entity_key]
-        self.serde = serde
         self.entity_key = entity_key
 
     def new_state(self) -> PartitionState:
@@ -182,35 +204,45 @@ class RekeyStage:
 
     def process(self, state: PartitionState, records: Sequence[InRecord], now_ms: int | None = None) -> StageOutput:
         out = StageOutput()
-        decoded: list[dict[str, object]] = []
+        parts: list[pa.Table] = []
         for rec in records:
             if rec.offset < state.next_offset:
                 continue
-            source = dict(rec.headers).get(SOURCE_HEADER)
-            if source is not None:
-                src_p, _, src_o = source.decode().partition(":")
-                if int(src_o) <= state.source_high.get(int(src_p), -1):
-                    continue  # a replayed forward, already applied
-                state.source_high[int(src_p)] = int(src_o)
             try:
-                decoded.append(self.serde.decode(rec.value or b""))
-            except SerdeError as exc:
-                out.dead.append((rec, f"undecodable-{exc.reason}", exc))
+                source = int(dict(rec.headers)[SOURCE_HEADER])
+                table = decode_batch(rec.value or b"")
+            except (KeyError, ValueError, pa.ArrowException) as exc:
+                out.dead.append((rec, "undecodable-forward", exc))
+                continue
+            # Events at or below the highest source offset applied are replayed copies (see module doc).
+            high = state.source_high.get(source, -1)
+            offsets = table.column(SOURCE_OFFSET).to_numpy()
+            if offsets.size and offsets.max() > high:
+                parts.append(table.filter(pa.array(offsets > high)))
+                state.source_high[source] = int(offsets.max())
         if records:
             state.next_offset = max(state.next_offset, records[-1].offset + 1)
-        if not decoded:
+        if not parts:
             return out
-        times = np.fromiter((_epoch_ms(r["event_time"]) for r in decoded), np.int64, len(decoded))
-        all_idx = np.arange(len(decoded))
+        table = pa.concat_tables(parts)
+        times = table.column(TIME).to_numpy().astype(np.int64)
+        ids = table.column(self.entity_key).to_pylist()
         for plan in self.plans:
             view = state.views[plan.name]
-            rows = view.entity_rows([str(r[self.entity_key]) for r in decoded])
-            distinct = view.value_ids([str(r[plan.distinct_column]) for r in decoded]) if plan.distinct_column else None
-            status = view.apply(rows, times, _numeric(decoded, all_idx, plan), distinct)
+            rows = view.entity_rows(ids)
+            values = np.empty((len(ids), len(plan.numeric_columns)), np.float64)
+            for c, column in enumerate(plan.numeric_columns):
+                values[:, c] = table.column(column).to_numpy()
+            distinct = view.value_ids(table.column(plan.distinct_column).to_pylist()) if plan.distinct_column else None
+            status = view.apply(rows, times, values, distinct)
             out.online[plan.name] = _online(view, rows[status == kernels.APPLIED])
-        out.applied = len(decoded)
+        out.applied = len(ids)
         out.event_ms = times.tolist()
         return out
+
+
+def _columns_for(plans: Sequence[ViewPlan]) -> list[str]:
+    return sorted({c for p in plans for c in (*p.numeric_columns, p.distinct_column) if c})
 
 
 def _numeric(decoded: list[dict[str, object]], idx: np.ndarray, plan: ViewPlan) -> np.ndarray:
