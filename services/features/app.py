@@ -23,14 +23,16 @@ from typing import Any
 
 import faust
 import numpy as np
+from confluent_kafka.admin import AdminClient
 from faust.types import TP
+from mode.supervisors import CrashingSupervisor
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.features.plan import ViewPlan
 from services.features.rules import EventRules
 from services.features.snapshots import SnapshotStore
 from services.features.stages import IngestStage, InRecord, PartitionState, RekeyStage, StageOutput
-from services.kafka import DeadLetterPublisher, Producer
+from services.kafka import DeadLetterPublisher, Producer, admin_config
 from services.serde import Serde
 from services.settings import Settings
 from services.store import OnlineWriter
@@ -84,7 +86,7 @@ class FeatureProcessor:
         self.producer = Producer(settings.kafka, client_suffix="features")
         self.dead_letters = DeadLetterPublisher(self.producer, topics.dead_letters, stage="features")
         self.writer = OnlineWriter(settings)
-        self.snapshots = SnapshotStore(settings.data_dir / "features" / "snapshots")
+        self.snapshots = SnapshotStore(settings.data_dir / "features" / "snapshots", cluster_id=_cluster_id(settings))
         self.states: dict[tuple[str, int], PartitionState] = {}
         self.pending: dict[str, _Pending] = {}
         self.lock = asyncio.Lock()
@@ -161,6 +163,12 @@ class FeatureProcessor:
             self.states.pop(key, None)
 
 
+def _cluster_id(settings: Settings) -> str:
+    """Snapshots hold offsets, which mean nothing on another cluster (or the same one, recreated)."""
+    admin = AdminClient(admin_config(settings.kafka))
+    return str(admin.list_topics(timeout=30).cluster_id)
+
+
 def _faust_broker(settings: Settings) -> dict[str, Any]:
     """faust's own (aiokafka) connection settings; SASL/SSL beyond PLAINTEXT are not wired yet."""
     if settings.kafka.security_protocol != "PLAINTEXT":
@@ -186,6 +194,9 @@ def build_app(settings: Settings, plans: Sequence[ViewPlan], rules: EventRules) 
         broker_session_timeout=f.session_timeout_s,
         broker_heartbeat_interval=f.session_timeout_s / 3,
         stream_buffer_maxsize=max(4096, 2 * f.batch_size),
+        # A batch that fails must stop the worker: faust's default supervisor would restart the agent past
+        # the failed (unacknowledged) events, and later acknowledgements would commit over them.
+        agent_supervisor=CrashingSupervisor,
         loghandlers=[],
     )
     processor = FeatureProcessor(settings, plans, rules)

@@ -47,3 +47,12 @@ def test_a_snapshot_of_other_definitions_is_ignored(tmp_path: Path) -> None:
     store.save("ingest", 0, PartitionState({"users": ViewState(_plan("users", "user_id", 5))}, next_offset=9))
     assert store.load("ingest", 0, [_plan("users", "user_id", 15)]) is None  # the window changed
     assert store.load("ingest", 1, [_plan("users", "user_id", 5)]) is None  # no file
+
+
+def test_a_snapshot_from_another_cluster_or_unreadable_is_ignored(tmp_path: Path) -> None:
+    plan = _plan("users", "user_id", 5)
+    SnapshotStore(tmp_path, cluster_id="old").save("ingest", 0, PartitionState({"users": ViewState(plan)}))
+    assert SnapshotStore(tmp_path, cluster_id="old").load("ingest", 0, [plan]) is not None
+    assert SnapshotStore(tmp_path, cluster_id="new").load("ingest", 0, [plan]) is None  # offsets mean nothing
+    (tmp_path / "ingest-1.npz").write_bytes(b"not a snapshot")
+    assert SnapshotStore(tmp_path, cluster_id="old").load("ingest", 1, [plan]) is None
