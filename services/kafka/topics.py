@@ -90,18 +90,10 @@ def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[TopicR
         raise KafkaUnavailable(settings.kafka.bootstrap_servers, exc.args[0].str()) from None
     results: list[TopicResult] = []
     to_create: list[TopicSpec] = []
+    found: list[TopicSpec] = []
     for spec in topic_specs(settings):
-        meta = existing.get(spec.name)
-        if meta is None or meta.error is not None:
-            to_create.append(spec)
-            continue
-        have = len(meta.partitions)
-        if have < spec.partitions:
-            results.append(
-                TopicResult(spec.name, "mismatch", have, f"has {have} partitions, {spec.partitions} declared")
-            )
-        else:
-            results.append(TopicResult(spec.name, "exists", have))
+        (to_create if spec.name not in existing else found).append(spec)
+    created: list[TopicSpec] = []
     if to_create:
         futures = admin.create_topics(
             [NewTopic(s.name, s.partitions, s.replication_factor, config=s.config) for s in to_create],
@@ -111,13 +103,23 @@ def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[TopicR
         for spec in to_create:
             try:
                 futures[spec.name].result()
+                created.append(spec)
                 results.append(TopicResult(spec.name, "created", spec.partitions))
             except KafkaException as exc:
                 # Another process may have created it between our listing and our request.
-                if exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
-                    results.append(TopicResult(spec.name, "exists", spec.partitions))
-                else:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise
-    _wait_for_leaders(admin, [s.name for s in to_create], timeout_s)
+                found.append(spec)
+    # A topic still being created lists with an error or without partitions: wait for its leaders first.
+    _wait_for_leaders(admin, [s.name for s in found + created], timeout_s)
+    topics = admin.list_topics(timeout=timeout_s).topics
+    for spec in found:
+        have = len(topics[spec.name].partitions)
+        if have < spec.partitions:
+            results.append(
+                TopicResult(spec.name, "mismatch", have, f"has {have} partitions, {spec.partitions} declared")
+            )
+        else:
+            results.append(TopicResult(spec.name, "exists", have))
     order = {s.name: i for i, s in enumerate(topic_specs(settings))}
     return sorted(results, key=lambda r: order[r.name])
