@@ -157,7 +157,7 @@ class FeatureSettings(_Section):
     )
     max_future_s: float = Field(300.0, ge=0, description="Events further ahead of the wall clock are invalid")
     batch_size: int = Field(5000, ge=1, description="Most events per processing batch")
-    batch_within_ms: int = Field(100, ge=1, description="Longest wait to fill a batch")
+    batch_within_ms: int = Field(20, ge=1, description="Longest wait to fill a batch (adds to freshness)")
     snapshot_interval_s: float = Field(5.0, gt=0, description="Seconds between state snapshots (recovery point)")
     session_timeout_s: float = Field(
         10.0, ge=6, description="A processor silent this long loses its partitions to the others"

@@ -183,6 +183,7 @@ def build_app(settings: Settings, plans: Sequence[ViewPlan], rules: EventRules) 
         **_faust_broker(settings),
         value_serializer="raw",
         key_serializer="raw",
+        datadir=str(settings.data_dir / "faust"),  # not the working directory
         store="memory://",
         web_enabled=False,
         topic_partitions=settings.topics.partitions,

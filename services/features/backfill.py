@@ -55,7 +55,7 @@ def _ms(ts: datetime) -> int:
     return int(ts.timestamp() * 1000)
 
 
-def _accepted_sql(path: Path, rules: EventRules, lo_ms: int, hi_ms: int) -> str:
+def _accepted_sql(path: Path, rules: EventRules, lo_ms: int, hi_ms: int, columns: list[str]) -> str:
     """Rows the stream would accept, with their arrival order (row number in the file).
 
     The stream rejects events further ahead of its wall clock than ``max_future``; history has no arrival
@@ -64,7 +64,8 @@ def _accepted_sql(path: Path, rules: EventRules, lo_ms: int, hi_ms: int) -> str:
     src = str(path).replace("'", "''")
     return f"""
         WITH src AS (
-            SELECT *, epoch_ms(event_time) AS time_ms, file_row_number AS arrival
+            SELECT {", ".join(f'"{c}"' for c in columns)}, epoch_ms(event_time) AS time_ms,
+                   file_row_number AS arrival
             FROM read_parquet('{src}', file_row_number = true)
         ),
         valid AS (
@@ -125,7 +126,7 @@ def _run_view(
     carry: pa.Scalar | None = None  # the entity in row 0, continued from the previous batch
     done = 0
     tmp = out.path.with_suffix(".parquet.partial")
-    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+    with pq.ParquetWriter(tmp, schema, compression="lz4") as writer:
         for batch in _batches(con, sql, chunk_rows):
             n = batch.num_rows
             if n == 0:
@@ -227,7 +228,12 @@ def backfill(
             f"WHERE epoch_ms(event_time) BETWEEN {start_ms - lookback} AND {end_ms}"
         ).fetchall()[0][0]
     )
-    con.execute(f"CREATE TABLE accepted AS {_accepted_sql(events, rules, start_ms - lookback, end_ms)}")
+    # Only the columns the rules and the views read travel into the scratch table.
+    needed = {"event_id", "user_id", "merchant_id", "amount", "event_time"}
+    for p in plans:
+        needed |= {p.entity_key, *p.numeric_columns, *([p.distinct_column] if p.distinct_column else [])}
+    accepted_sql = _accepted_sql(events, rules, start_ms - lookback, end_ms, sorted(needed))
+    con.execute(f"CREATE TABLE accepted AS {accepted_sql}")
     report.accepted = int(con.execute("SELECT count(*) FROM accepted").fetchall()[0][0])
     report.dropped = {"invalid, duplicate or late": report.events_read - report.accepted}
     # Views are independent: one thread each (DuckDB, Arrow and the numba kernels all release the GIL).
