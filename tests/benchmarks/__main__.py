@@ -1,22 +1,57 @@
-"""Run every benchmark and print Markdown for BENCHMARKS.md (machine and date included)."""
+"""Run the benchmarks and print Markdown for BENCHMARKS.md (machine and date included).
+
+``python -m tests.benchmarks`` runs every module; arguments select some: ``python -m tests.benchmarks
+features`` or ``serde``, and ``features:profile,backfill`` runs only those parts of the feature benchmarks.
+Progress goes to stderr, the Markdown to stdout.
+"""
 
 from __future__ import annotations
 
 import datetime
 import os
 import platform
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.benchmarks import bench_serde
+
+def _serde(parts: list[str] | None) -> str:
+    from tests.benchmarks import bench_serde
+
+    return bench_serde.run()
 
 
-def main() -> None:
+def _features(parts: list[str] | None) -> str:
+    from tests.benchmarks import bench_features
+
+    return bench_features.run(parts)
+
+
+MODULES: dict[str, Callable[[list[str] | None], str]] = {"serde": _serde, "features": _features}
+
+
+def main(argv: list[str]) -> None:
+    selected: list[tuple[str, list[str] | None]] = []
+    for arg in argv or list(MODULES):
+        name, _, rest = arg.partition(":")
+        if name not in MODULES:
+            raise SystemExit(f"unknown benchmark {name!r}; choose from {', '.join(MODULES)}")
+        selected.append((name, [p for p in rest.split(",") if p] or None))
     lines = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
     print(f"## Run of {datetime.date.today().isoformat()}\n")
     print(f"`make bench` on {platform.node()}: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}\n")
-    print(bench_serde.run())
+    started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    for name, parts in selected:
+        print(MODULES[name](parts), flush=True)
+    print(
+        f"Wall time of this run: {time.monotonic() - started:.0f} s. Load average (1 min) before it: "
+        f"{load_before:.2f}, after: {os.getloadavg()[0]:.2f} (anything else running on these cores shows here).\n",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
