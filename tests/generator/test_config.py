@@ -6,21 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-import services.generator
 from services.generator import GeneratorConfig
-
-
-def test_exports():
-    assert set(services.generator.__all__) == {
-        "ARROW_SCHEMA",
-        "GeneratorConfig",
-        "generate",
-        "generate_frame",
-        "generate_tables",
-        "produce_to_kafka",
-        "write_parquet",
-    }
-    assert all(hasattr(services.generator, name) for name in services.generator.__all__)
 
 
 def test_defaults():
