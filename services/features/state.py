@@ -8,7 +8,7 @@ recycled (:meth:`ViewState.evict_idle`), so memory follows the *active* entities
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lz4.frame
@@ -142,17 +142,15 @@ class ViewState:
     def apply(self, rows: I64, times: I64, values: F64, distinct: I64 | None = None) -> npt.NDArray[np.int8]:
         """Apply events (any order); returns per-event status (kernels.APPLIED / DROPPED_OLD)."""
         status = np.zeros(len(rows), np.int8)
-        if distinct is None:
-            distinct = np.full(len(rows), -1, np.int64)
-        start = 0
-        while start < len(rows):
-            start = kernels.apply_events(
-                start, rows, times, values, distinct, self.plan.slide_ms, self.windows, self.distinct_horizon,
+        d = self._distinct(distinct, len(rows))
+        self._resumable(
+            len(rows),
+            lambda start: kernels.apply_events(
+                start, rows, times, values, d, self.plan.slide_ms, self.windows, self.distinct_horizon,
                 self.cur_k, self.max_t, self.prev_t, self.tile_id, self.t_cnt, self.t_sum, self.t_min, self.t_max,
                 self.r_cnt, self.r_sum, self.r_min, self.r_max, self.d_val, self.d_last, self.d_n, status,
-            )  # fmt: skip
-            if start < len(rows):
-                self._grow(distinct=self.d_val.shape[1] * 2)
+            ),
+        )  # fmt: skip
         return status
 
     def apply_and_read(
@@ -161,19 +159,30 @@ class ViewState:
         """Apply events and return, for each, its entity's features right after it (the backfill's rows)."""
         status = np.zeros(len(rows), np.int8)
         out = np.empty((len(rows), len(self.kinds)), np.float64)
-        if distinct is None:
-            distinct = np.full(len(rows), -1, np.int64)
-        start = 0
-        while start < len(rows):
-            start = kernels.apply_and_read(
-                start, rows, times, values, distinct, self.plan.slide_ms, self.windows, self.distinct_horizon,
+        d = self._distinct(distinct, len(rows))
+        self._resumable(
+            len(rows),
+            lambda start: kernels.apply_and_read(
+                start, rows, times, values, d, self.plan.slide_ms, self.windows, self.distinct_horizon,
                 self.kinds, self.cols, self.wins, self.dwindows, self.cur_k, self.max_t, self.prev_t, self.tile_id,
                 self.t_cnt, self.t_sum, self.t_min, self.t_max, self.r_cnt, self.r_sum, self.r_min, self.r_max,
                 self.d_val, self.d_last, self.d_n, status, out,
-            )  # fmt: skip
-            if start < len(rows):
-                self._grow(distinct=self.d_val.shape[1] * 2)
+            ),
+        )  # fmt: skip
         return out, status
+
+    @staticmethod
+    def _distinct(distinct: I64 | None, n: int) -> I64:
+        return np.full(n, -1, np.int64) if distinct is None else distinct
+
+    def _resumable(self, n: int, run: Callable[[int], int]) -> None:
+        """Run a kernel to the end, doubling the distinct tables whenever it stops for space. ``run`` reads
+        the arrays through ``self`` each call, so it sees the grown ones."""
+        start = 0
+        while start < n:
+            start = run(start)
+            if start < n:
+                self._grow(distinct=self.d_val.shape[1] * 2)
 
     def read(self, rows: I64) -> F64:
         """Feature values (columns in plan order) as of each row's newest event; NaN = null."""
