@@ -59,27 +59,13 @@ def bench_stack() -> Iterator[tuple[Settings, Path]]:
 def isolated(
     base: Settings, tmp: Path, name: str, *, redis_db: int, metrics: bool = False, **features: Any
 ) -> Settings:
-    """Settings of one run: its own topics, consumer group, Redis database and data directory."""
-    t = base.topics
-    topics = t.model_copy(
-        update={
-            "transactions": f"tx-{name}",
-            "transactions_by_merchant": f"tx-by-merchant-{name}",
-            "dead_letters": f"dlq-{name}",
-        }
-    )
-    redis_url = base.redis.url.rsplit("/", 1)[0] + f"/{redis_db}"
+    """The tests' isolated run settings, in ``tmp/<name>``, with a metrics port when asked."""
+    from tests.features.harness import isolated_run
+
     data_dir = tmp / name
     data_dir.mkdir(parents=True, exist_ok=True)
-    return base.model_copy(
-        update={
-            "topics": topics,
-            "data_dir": data_dir,
-            "redis": base.redis.model_copy(update={"url": redis_url}),
-            "metrics_port": free_port() if metrics else 0,
-            "features": base.features.model_copy(update={"group_id": f"features-{name}", **features}),
-        }
-    )
+    settings = isolated_run(base, data_dir, name, redis_db=redis_db, **features)
+    return settings.model_copy(update={"metrics_port": free_port() if metrics else 0})
 
 
 def prepare(settings: Settings) -> None:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from confluent_kafka import KafkaException
 
@@ -67,13 +68,34 @@ class ProcessorProcess:
         self.stop()
 
 
+def isolated_run(base: Settings, data_dir: Path, name: str, *, redis_db: int, **features: Any) -> Settings:
+    """Settings of one processor run: its own topics, consumer group, Redis database and data directory,
+    so runs sharing a stack never see each other's messages, offsets or online rows."""
+    topics = base.topics.model_copy(
+        update={
+            "transactions": f"tx-{name}",
+            "transactions_by_merchant": f"tx-by-merchant-{name}",
+            "dead_letters": f"dlq-{name}",
+        }
+    )
+    redis_url = base.redis.url.rsplit("/", 1)[0] + f"/{redis_db}"
+    return base.model_copy(
+        update={
+            "topics": topics,
+            "data_dir": data_dir,
+            "redis": base.redis.model_copy(update={"url": redis_url}),
+            "features": base.features.model_copy(update={"group_id": f"features-{name}", **features}),
+        }
+    )
+
+
 def lag(settings: Settings, topics: list[str]) -> int:
     """Messages not yet committed by the processor's group (committed = covered by a snapshot, so zero lag
     means every event is applied, written online, and recoverable)."""
     return group_lag(settings.kafka, settings.features.group_id, topics)
 
 
-def wait_caught_up(settings: Settings, proc: ProcessorProcess, timeout_s: float = 120.0) -> float:
+def wait_caught_up(settings: Settings, proc: ProcessorProcess, timeout_s: float = 240.0) -> float:
     """Wait until the processor committed everything on both topics; returns the seconds it took."""
     topics = [settings.topics.transactions, settings.topics.transactions_by_merchant]
     started = time.monotonic()

@@ -27,7 +27,7 @@ from services.serde import Serde
 from services.settings import Settings
 from services.store import apply_definitions, feature_store, quiet_feast
 from tests.conftest import free_port
-from tests.features.harness import ProcessorProcess, lag, wait_caught_up
+from tests.features.harness import ProcessorProcess, isolated_run, lag, wait_caught_up
 from tests.features.reference import reference_at
 from tests.kafka.helpers import drain
 
@@ -35,33 +35,6 @@ pytestmark = pytest.mark.integration
 
 N_EVENTS = 12_000
 LATENESS_S = 30.0
-
-
-def _isolated(settings: Settings, tmp: Path, name: str, redis_db: int, batch_size: int) -> Settings:
-    t = settings.topics
-    topics = t.model_copy(
-        update={
-            "transactions": f"tx-{name}",
-            "transactions_by_merchant": f"tx-by-merchant-{name}",
-            "dead_letters": f"dlq-{name}",
-        }
-    )
-    redis_url = settings.redis.url.rsplit("/", 1)[0] + f"/{redis_db}"
-    return settings.model_copy(
-        update={
-            "topics": topics,
-            "data_dir": tmp,
-            "redis": settings.redis.model_copy(update={"url": redis_url}),
-            "features": settings.features.model_copy(
-                update={
-                    "group_id": f"features-{name}",
-                    "snapshot_interval_s": 0.5,
-                    "allowed_lateness_s": LATENESS_S,
-                    "batch_size": batch_size,
-                }
-            ),
-        }
-    )
 
 
 def _arrival_stream(seed: int) -> tuple[pd.DataFrame, list[tuple[str, bytes]]]:
@@ -152,7 +125,10 @@ def run(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> t
     name = f"{request.param}-{tmp_path.name[-12:]}".replace("_", "-")
     # Small batches in the kill run: slow enough to be killed mid-stream on a fast machine.
     straight = request.param == "straight"
-    s = _isolated(settings, tmp_path, name, redis_db=1 if straight else 2, batch_size=500 if straight else 40)
+    s = isolated_run(
+        settings, tmp_path, name, redis_db=1 if straight else 2,
+        snapshot_interval_s=0.5, allowed_lateness_s=LATENESS_S, batch_size=500 if straight else 40,
+    )  # fmt: skip
     ensure_topics(s)
     apply_definitions(s)
     return request.param, s, tmp_path
