@@ -26,10 +26,12 @@ __all__ = [
     "ConfigError",
     "FeatureSettings",
     "KafkaSettings",
+    "ModelSettings",
     "RedisSettings",
     "Settings",
     "StackSettings",
     "TopicSettings",
+    "TrainingSettings",
     "env_names",
     "load_settings",
     "settings_markdown",
@@ -164,6 +166,37 @@ class FeatureSettings(_Section):
     )
 
 
+class ModelSettings(_Section):
+    """The model registry (MLflow) and how a registered ONNX model is run."""
+
+    name: str = Field("fraud-detector", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Registered model name")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking server; unset = sqlite + local artifacts under data_dir/mlflow"
+    )
+    providers: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda|tensorrt)(,(cpu|cuda|tensorrt))*$",
+        description="ONNX Runtime providers in preference order; auto = TensorRT, CUDA, CPU as available",
+    )
+    intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads per session; 0 = one per core")
+
+
+class TrainingSettings(_Section):
+    """`streamscore train`: data, split, imbalance and the validation gate."""
+
+    feature_service: str = Field("fraud_model_v1", description="Feast FeatureService the model reads")
+    validation_fraction: float = Field(0.15, gt=0, lt=0.5, description="Latest-but-test share of the time range")
+    test_fraction: float = Field(0.15, gt=0, lt=0.5, description="Latest share of the time range, for the gate")
+    min_positives: int = Field(20, ge=1, description="Fewest fraud labels each split needs")
+    gate_margin: float = Field(
+        0.002, ge=0, lt=1, description="ROC-AUC and PR-AUC must beat the baseline and the champion by this"
+    )
+    equivalence_tolerance: float = Field(
+        1e-4, gt=0, description="Largest absolute ONNX-vs-source score difference on the test rows"
+    )
+    max_epochs: int = Field(40, ge=1, description="MLP epochs (early stopping on the validation window)")
+
+
 class StackSettings(_Section):
     """The local development stack (`streamscore stack`): versions and the ports that are not in a URL."""
 
@@ -189,6 +222,8 @@ class Settings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     stack: StackSettings = StackSettings()
     features: FeatureSettings = FeatureSettings()
+    model: ModelSettings = ModelSettings()
+    training: TrainingSettings = TrainingSettings()
     schema_registry_url: str | None = Field(
         None, description="Confluent-compatible registry; unset = Avro single-object encoding"
     )

@@ -29,6 +29,16 @@ EXPECTED = {
         "BackfillReport", "EventRules", "FeatureSpec", "PlanError", "ViewPlan", "ViewState", "backfill",
         "compile_view", "compile_views", "load_plans", "rules_for",
     },
+    "services.models": {
+        "CARD_KEY", "CHALLENGER", "CHAMPION", "INPUT_NAME", "OUTPUT_NAME", "CardError", "EquivalenceError",
+        "ModelCard", "ModelIntegrityError", "ModelLoadError", "Registry", "RegistryError", "ScoringSession",
+        "VersionInfo", "build_profile", "check_equivalence", "export_onnx", "feast_lineage", "load_model",
+        "open_session", "resolve_providers", "sha256_hex", "source_scores",
+    },
+    "services.training": {
+        "GateReport", "TrainResult", "TrainingDataError", "TrainingSet", "build_training_set", "decide", "evaluate",
+        "service_features", "train",
+    },
 }  # fmt: skip
 
 

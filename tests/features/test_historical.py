@@ -70,17 +70,20 @@ def test_historical_features_never_see_the_future(settings: Settings, tmp_path: 
         "user_transactions:user_secs_since_prev_txn",
         "merchant_transactions:merchant_amount_count_10m",
     ]
+    refs_names = [r.split(":")[1] for r in refs]
     with quiet_feast():
         got = store.get_historical_features(entity_df=labels, features=refs).to_df()
+    assert len(got) == len(labels)
     got = got.sort_values("event_timestamp", kind="stable").set_index(["user_id", "event_timestamp"])
 
     def row(user: str, hms: str) -> pd.Series:
         return got.loc[(user, pd.Timestamp(_t(hms)))]
 
-    # Feast's file offline store drops an entity row that a view has no value for yet (rather than
-    # returning nulls): the training job must expect fewer rows than labels. Never a future value, though.
-    assert ("u1", pd.Timestamp(_t("09:59:59"))) not in got.index
-    assert ("u2", pd.Timestamp(_t("10:02:00"))) not in got.index
+    # Before an entity's first event there is no value: the row stays, with nulls (never a future value).
+    assert got.loc[("u1", pd.Timestamp(_t("09:59:59")))][refs_names].isna().all()
+    early = row("u2", "10:02:00")
+    assert early[[r for r in refs_names if r.startswith("user")]].isna().all()
+    assert early.merchant_amount_count_10m == 1  # m1's 10:00:00 event is in the past
     first = row("u1", "10:00:00")
     assert (first.user_amount_count_5m, first.user_amount_sum_5m, first.user_amount_max_1h) == (1, 10.0, 10.0)
     assert pd.isna(first.user_secs_since_prev_txn)

@@ -61,7 +61,7 @@ def test_repo_config_follows_the_settings(tmp_path: Path) -> None:
     assert config.registry.cache_ttl_seconds == 60
     assert config.online_store.type == "redis"
     assert config.online_store.connection_string == "cache.internal:6390,db=3"
-    assert config.offline_store.type == "file"
+    assert config.offline_store.type == "duckdb"
     assert config.repo_path == REPO_PATH
 
 
@@ -99,7 +99,7 @@ def test_feast_env_makes_feature_store_yaml_equal_to_repo_config(
     assert from_yaml.registry.path == ours.registry.path == str(registry_path(s))
     assert from_yaml.online_store.connection_string == ours.online_store.connection_string
     assert from_yaml.entity_key_serialization_version == ours.entity_key_serialization_version == 3
-    assert from_yaml.offline_store.type == ours.offline_store.type == "file"
+    assert from_yaml.offline_store.type == ours.offline_store.type == "duckdb"
 
 
 def test_feast_env_refuses_what_yaml_would_mangle(tmp_path: Path) -> None:
