@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -30,7 +31,7 @@ __all__ = ["SPLITS", "TrainingDataError", "TrainingSet", "build_training_set", "
 
 SPLITS = ("train", "validation", "test")
 ENTITY_OFFSET = timedelta(milliseconds=1)
-_CHUNK_ROWS = 50_000  # per Feast call: bounds memory and drives the progress bar
+_CHUNK_ROWS = 10_000  # per Feast call: its point-in-time join grows faster than linearly (10k: 0.5 s, 50k: 14 s)
 
 Progress = Callable[[int, int], None]
 
@@ -120,7 +121,7 @@ def build_training_set(
         try:
             with quiet_feast():
                 got = store.get_historical_features(entity_df=chunk, features=service).to_df()
-        except (FileNotFoundError, OSError) as exc:
+        except (OSError, duckdb.IOException) as exc:  # Feast's DuckDB store: IOException, not an OSError
             raise TrainingDataError(f"offline features missing ({exc}): run `streamscore backfill` first") from None
         missing = [n for n in names if n not in got.columns]
         if missing:
