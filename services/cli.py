@@ -37,6 +37,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(features_app, name="features")
 models_app = typer.Typer(no_args_is_help=True, help="The model registry (MLflow): versions, champion, rollback.")
 app.add_typer(models_app, name="models")
+inference_app = typer.Typer(no_args_is_help=True, help="Inference workers: score requests → predictions.")
+app.add_typer(inference_app, name="inference")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -220,6 +222,9 @@ def generate(
     start: Annotated[datetime | None, typer.Option(help="First event time (UTC); default: now minus the span.")] = None,
     drift_at: Annotated[datetime | None, typer.Option(help="Distributions shift from this event time (UTC).")] = None,
     realtime: Annotated[bool, typer.Option(help="With --to kafka: send at --rate events/s of wall time.")] = False,
+    requests: Annotated[
+        bool, typer.Option(help="With --to kafka: a score request before each transaction (id = event id).")
+    ] = False,
 ) -> None:
     """Realistic card transactions, deterministic for a seed, to Kafka or a Parquet file."""
     from services.generator import GeneratorConfig, produce_to_kafka, write_parquet
@@ -234,11 +239,13 @@ def generate(
         raise typer.BadParameter(str(exc)) from None
     if to != "kafka" and not to.endswith(".parquet"):
         raise typer.BadParameter("--to must be 'kafka' or a path ending in .parquet")
+    if requests and to != "kafka":
+        raise typer.BadParameter("--requests needs --to kafka")
     with _progress() as bar:
         task = bar.add_task(f"generating → {to}", total=events, rate="")
         advance = lambda n: bar.advance(task, n)  # noqa: E731
         if to == "kafka":
-            count = produce_to_kafka(config, _settings(ctx), realtime=realtime, progress=advance)
+            count = produce_to_kafka(config, _settings(ctx), realtime=realtime, requests=requests, progress=advance)
         else:
             count = write_parquet(config, Path(to), progress=advance)
     console.print(f"{count:,} events ({first.isoformat()} onwards) → {to}")
@@ -498,6 +505,55 @@ def models_rollback(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         _print_json(info.to_dict())
         return
     console.print(f"rolled back: v{info.version} is champion")
+
+
+@inference_app.command("run")
+def inference_run(
+    ctx: typer.Context,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (partitions bound parallelism).")] = 1,
+    max_batch: Annotated[int | None, typer.Option(min=1, help="Most requests per batch.")] = None,
+    max_delay_ms: Annotated[int | None, typer.Option(min=0, help="Longest wait to fill a batch.")] = None,
+    guarantee: Annotated[str | None, typer.Option(help="at-least-once (default) or exactly-once.")] = None,
+) -> None:
+    """Score requests from Kafka with the champion model until SIGTERM/Ctrl-C (the batch in hand finishes)."""
+    from services.inference import run_workers
+
+    settings = _settings(ctx)
+    updates = {k: v for k, v in {"max_batch": max_batch, "max_delay_ms": max_delay_ms, "guarantee": guarantee}.items()
+               if v is not None}  # fmt: skip
+    if guarantee is not None and guarantee not in ("at-least-once", "exactly-once"):
+        raise typer.BadParameter("--guarantee must be at-least-once or exactly-once")
+    settings = settings.model_copy(update={"inference": settings.inference.model_copy(update=updates)})
+    if workers == 1:
+        run_workers(settings)
+        return
+    _spawn_workers(settings, workers)
+
+
+def _spawn_workers(settings: Settings, workers: int) -> None:
+    """N single-worker processes, each with its own metrics port (metrics_port + i); SIGTERM reaches all."""
+    import os
+    import signal
+    import subprocess
+
+    from services.store import settings_env
+
+    procs = []
+    for i in range(workers):
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
+        env.update(settings_env(settings))
+        env["STREAMSCORE_METRICS_PORT"] = str(settings.metrics_port + i if settings.metrics_port else 0)
+        procs.append(subprocess.Popen([sys.executable, "-m", "services", "inference", "run"], env=env))
+
+    def forward(signum: int, _: Any) -> None:
+        for proc in procs:
+            proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [proc.wait() for proc in procs]
+    if any(codes):
+        raise typer.Exit(max(codes))
 
 
 def main() -> None:

@@ -5,8 +5,10 @@
 3. Backfill: the same feature definitions over the Parquet history, into Feast's offline tables.
 4. Training: Feast's point-in-time training set, an MLP exported to ONNX, checked, gated, registered in
    MLflow and promoted to champion.
-5. The stream processor starts, catches up on history and takes live events; a few users' features
-   are read back through Feast's own ``get_online_features``.
+5. The stream processor starts and catches up on history; an inference worker starts; live events arrive,
+   each behind its score request. Predictions (decisions against the labels, latency) and the worker's
+   drift report are read back from Kafka; a few users' features are read back through Feast's own
+   ``get_online_features``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import confluent_kafka
+import numpy as np
 from confluent_kafka import KafkaException
 from rich.console import Console
 from rich.table import Table
@@ -110,20 +113,96 @@ def run_avro_roundtrip(
     console.print(f"read back and decoded all {len(records)} events from Kafka")
 
 
-def _wait_caught_up(settings: Settings, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> float:
-    topics = [settings.topics.transactions, settings.topics.transactions_by_merchant]
+def _wait_caught_up(
+    settings: Settings, proc: subprocess.Popen[bytes], log: Path, timeout_s: float, *, inference: bool = False
+) -> float:
+    """Seconds until the feature processor's (or the inference workers') group has committed everything."""
+    if inference:
+        what, group, topics = "inference worker", settings.inference.group_id, [settings.topics.score_requests]
+    else:
+        what, group = "feature processor", settings.features.group_id
+        topics = [settings.topics.transactions, settings.topics.transactions_by_merchant]
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         if proc.poll() is not None:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-            raise RuntimeError(f"the feature processor exited ({proc.returncode}); {log}:\n{tail}")
+            raise RuntimeError(f"the {what} exited ({proc.returncode}); {log}:\n{tail}")
         try:
-            if group_lag(settings.kafka, settings.features.group_id, topics) == 0:
+            if group_lag(settings.kafka, group, topics) == 0:
                 return time.monotonic() - started
         except KafkaException:
             pass  # group coordinator still loading
-        time.sleep(1.0)
-    raise RuntimeError(f"the feature processor did not catch up within {timeout_s:.0f}s; see {log}")
+        time.sleep(0.5)
+    raise RuntimeError(f"the {what} did not catch up within {timeout_s:.0f}s; see {log}")
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services", *args], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def _wait_for_line(proc: subprocess.Popen[bytes], log: Path, offset: int, text: str, timeout_s: float) -> None:
+    """Until ``text`` appears in ``log`` after ``offset`` (the log's size when the process started)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the process logging to {log} exited with {proc.returncode}")
+        with log.open("rb") as f:
+            f.seek(offset)
+            if text.encode() in f.read():
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"no {text!r} in {log} within {timeout_s:.0f}s")
+
+
+def show_predictions(settings: Settings, live: Any, console: Console) -> None:
+    """The live stream's predictions, read back from Kafka: decisions against the labels, latency, drift."""
+    from services.generator import generate_frame
+
+    frame = generate_frame(live).set_index("event_id")
+    serde, drift = Serde("prediction"), Serde("drift_report")
+    predictions: dict[str, dict[str, Any]] = {}
+    reports: list[dict[str, Any]] = []
+    topics = [settings.topics.predictions, settings.topics.drift]
+    with Consumer(settings.kafka, f"streamscore-demo-{uuid.uuid4().hex[:8]}", topics, client_suffix="demo") as reader:
+        deadline = time.monotonic() + 30
+        while len(predictions) < len(frame) and time.monotonic() < deadline:
+            for msg in reader.poll_batch(2000, 0.5):
+                if msg.topic() == settings.topics.drift:
+                    reports.append(drift.decode(msg.value()))
+                    continue
+                record = serde.decode(msg.value())
+                if record["request_id"] in frame.index:
+                    predictions[record["request_id"]] = record
+    scored = frame.loc[list(predictions)]
+    decision = np.array([predictions[i]["decision"] for i in scored.index])
+    fraud = scored["is_fraud"].to_numpy(dtype=bool)
+    total = np.array([predictions[i]["latency"]["total_ms"] for i in scored.index])
+    console.print(
+        f"{len(predictions):,} predictions read back from [bold]{settings.topics.predictions}[/]: "
+        f"{int(decision.sum()):,} flagged, catching {int((decision & fraud).sum())} of {int(fraud.sum())} frauds; "
+        f"end-to-end latency p50 {np.median(total):.0f} ms, p99 {np.quantile(total, 0.99):.0f} ms "
+        "(they were sent as one burst)"
+    )
+    table = Table("request", "user", "amount", "channel", "score", "decision", "label", "missing", "model")
+    top = sorted(predictions.values(), key=lambda r: -r["score"])[:6]
+    for r in top:
+        row = frame.loc[r["request_id"]]
+        table.add_row(
+            r["request_id"][:8], r["user_id"], f"{row['amount']:.2f}", row["channel"], f"{r['score']:.3f}",
+            "block" if r["decision"] else "allow", "fraud" if row["is_fraud"] else "-",
+            str(len(r["missing_features"])), f"v{r['model_version']}",
+        )  # fmt: skip
+    console.print(table)
+    if reports:
+        last = reports[-1]
+        flagged = sorted({f"{f['feature']} ({f['statistic']})" for f in last["features"] if f["drifted"]})
+        console.print(
+            f"latest drift report of {len(reports)} on [bold]{settings.topics.drift}[/]: {last['count']:,} predictions "
+            f"of v{last['model_version']}; " + (f"drifted: {', '.join(flagged)}" if flagged else "no input drifted")
+        )
 
 
 def run_demo(settings: Settings, *, console: Console, history_events: int = 100_000, live_events: int = 10_000) -> None:
@@ -170,9 +249,14 @@ def run_demo(settings: Settings, *, console: Console, history_events: int = 100_
                   f"({report.events_read / elapsed:,.0f} events/s); online store materialized")  # fmt: skip
 
     console.rule("4. Train, check and register the model")
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     from services.training import train
 
-    result = train(settings, events=parquet, start=history.start, end=now, kind="mlp", seed=0)
+    # The history covers ~40 of the last 48 h: end the range at its last event, or the test window is empty.
+    last = pc.max(pq.read_table(parquet, columns=["event_time"])["event_time"]).as_py()
+    result = train(settings, events=parquet, start=history.start, end=last + timedelta(seconds=1), kind="mlp", seed=0)
     gate = result.gate
     console.print(
         f"{sum(result.rows.values()):,} labelled rows ({result.positives['train']:,} frauds in training); test "
@@ -185,27 +269,37 @@ def run_demo(settings: Settings, *, console: Console, history_events: int = 100_
         + f" ({sum(result.seconds.values()):.1f}s; `streamscore models list` shows the registry)"
     )
 
-    console.rule("5. Stream processor: history replay, then live events")
-    log = settings.data_dir / "logs" / "features-demo.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
+    console.rule("5. Stream processor and inference worker: history replay, then live traffic")
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
     env.update(settings_env(settings))
     env["STREAMSCORE_METRICS_PORT"] = "0"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services", "features", "run"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+    log = logs / "features-demo.log"
+    worker_log = logs / "inference-demo.log"
+    procs = [_spawn(["features", "run"], env, log)]
     try:
-        took = _wait_caught_up(settings, proc, log, timeout_s=300)
+        took = _wait_caught_up(settings, procs[0], log, timeout_s=300)
         console.print(f"processor caught up on {history_events:,} historical events in {took:.0f}s (log: {log})")
+        offset = worker_log.stat().st_size if worker_log.exists() else 0
+        procs.append(_spawn(["inference", "run"], env, worker_log))
+        _wait_for_line(procs[1], worker_log, offset, "serving", timeout_s=120)
+        console.print(f"inference worker serving the champion (log: {worker_log})")
         live = GeneratorConfig(events=live_events, rate=200.0, seed=2, start=datetime.now(tz=UTC) - timedelta(
             seconds=live_events / 200.0), **common)  # fmt: skip
-        produce_to_kafka(live, settings)
-        took = _wait_caught_up(settings, proc, log, timeout_s=300)
+        started = time.monotonic()
+        produce_to_kafka(live, settings, requests=True)
+        took = _wait_caught_up(settings, procs[0], log, timeout_s=300)
         console.print(f"{live_events:,} live events processed {took:.1f}s after they were sent")
+        _wait_caught_up(settings, procs[1], worker_log, timeout_s=300, inference=True)
+        took = time.monotonic() - started
+        console.print(f"{live_events:,} score requests answered {took:.1f}s after the first was sent")
     finally:
-        proc.terminate()
-        proc.wait(60)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(60)
+    show_predictions(settings, live, console)
 
     from services.generator import generate_frame
 

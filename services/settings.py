@@ -25,6 +25,7 @@ from services.errors import StreamscoreError
 __all__ = [
     "ConfigError",
     "FeatureSettings",
+    "InferenceSettings",
     "KafkaSettings",
     "ModelSettings",
     "RedisSettings",
@@ -197,6 +198,38 @@ class TrainingSettings(_Section):
     max_epochs: int = Field(40, ge=1, description="MLP epochs (early stopping on the validation window)")
 
 
+class InferenceSettings(_Section):
+    """The inference workers (`streamscore inference run`)."""
+
+    group_id: str = Field("streamscore-inference", description="Consumer group of the workers")
+    instance_id: str | None = Field(
+        None, description="Stable worker name (transactional.id, group.instance.id); unset = <host>-<free slot>"
+    )
+    session_timeout_s: float = Field(
+        10.0, ge=6, description="A worker silent this long (crashed, not restarted) loses its partitions"
+    )
+    max_batch: int = Field(256, ge=1, le=100_000, description="Most requests scored together")
+    max_delay_ms: int = Field(5, ge=0, description="Longest wait to fill a batch (adds to latency)")
+    guarantee: Literal["at-least-once", "exactly-once"] = Field(
+        "at-least-once", description="exactly-once uses Kafka transactions; readers need read_committed"
+    )
+    threshold: float | None = Field(None, ge=0, le=1, description="Decision threshold; unset = the model card's")
+    reload_interval_s: float = Field(5.0, gt=0, description="How often workers check the champion alias")
+    drift_interval_s: float = Field(30.0, gt=0, description="Seconds between drift reports per worker")
+    drift_psi_threshold: float = Field(0.2, gt=0, description="PSI above which a model input counts as drifted")
+    drift_wasserstein_threshold: float = Field(
+        0.25, gt=0, description="Wasserstein-1 distance, in reference stds, above which an input counts as drifted"
+    )
+    drift_missing_threshold: float = Field(
+        0.1, gt=0, le=1, description="Rise of an input's missing rate over the reference that counts as drift"
+    )
+    drift_min_count: int = Field(200, ge=1, description="Fewest predictions in a window before it may be flagged")
+    drift_detector: Literal["adwin", "page_hinkley"] = Field(
+        "adwin", description="river detector on the score stream and on the delayed-label error rate"
+    )
+    labels: bool = Field(True, description="Match delayed labels (transactions' is_fraud, event id = request id)")
+
+
 class StackSettings(_Section):
     """The local development stack (`streamscore stack`): versions and the ports that are not in a URL."""
 
@@ -224,6 +257,7 @@ class Settings(BaseSettings):
     features: FeatureSettings = FeatureSettings()
     model: ModelSettings = ModelSettings()
     training: TrainingSettings = TrainingSettings()
+    inference: InferenceSettings = InferenceSettings()
     schema_registry_url: str | None = Field(
         None, description="Confluent-compatible registry; unset = Avro single-object encoding"
     )
@@ -236,6 +270,9 @@ class Settings(BaseSettings):
         description="Downloaded Kafka jars (default ~/.cache/streamscore)",
     )
     metrics_port: int = Field(9300, ge=0, lt=65536, description="Prometheus /metrics port; 0 = off")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address /metrics listens on (0.0.0.0 in a container, for Prometheus to reach it)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Python log level")
 
     @field_validator("schema_registry_url")

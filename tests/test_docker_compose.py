@@ -68,7 +68,7 @@ def test_pipeline_services_reach_kafka_and_redis_inside_the_network() -> None:
     compose = _compose()
     kafka_env = compose["services"]["kafka"]["environment"]
     internal = next(a for a in kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(",") if a.startswith("INTERNAL://"))
-    for name in ("init", "features"):
+    for name in ("init", "features", "inference"):
         env = compose["services"][name]["environment"]
         assert env["STREAMSCORE_KAFKA__BOOTSTRAP_SERVERS"] == internal.removeprefix("INTERNAL://")
         assert env["STREAMSCORE_REDIS__URL"].startswith("redis://redis:")
@@ -77,4 +77,6 @@ def test_pipeline_services_reach_kafka_and_redis_inside_the_network() -> None:
 
         assert set(env) <= env_names().keys(), set(env) - env_names().keys()
     assert compose["services"]["features"]["command"] == ["features", "run"]
-    assert compose["services"]["features"]["depends_on"]["init"]["condition"] == "service_completed_successfully"
+    assert compose["services"]["inference"]["command"] == ["inference", "run"]
+    for name in ("features", "inference"):
+        assert compose["services"][name]["depends_on"]["init"]["condition"] == "service_completed_successfully"

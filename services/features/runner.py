@@ -23,7 +23,7 @@ def run_processor(settings: Settings) -> None:
     plans = load_plans(settings)
     app, processor = build_app(settings, plans, rules_for(settings, plans))
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
     log.info(
         "feature processor: views %s, group %s, snapshots in %s",

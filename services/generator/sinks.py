@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -20,7 +22,7 @@ from services.kafka import DeliveryError, Producer
 from services.serde import Serde
 from services.settings import Settings
 
-__all__ = ["PARQUET_ROW_GROUP", "Progress", "produce_to_kafka", "write_parquet"]
+__all__ = ["PARQUET_ROW_GROUP", "Progress", "produce_to_kafka", "score_request", "write_parquet"]
 
 Progress = Callable[[int], None]
 
@@ -67,6 +69,7 @@ def produce_to_kafka(
     *,
     topic: str | None = None,
     realtime: bool = False,
+    requests: bool = False,
     progress: Progress | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> int:
@@ -75,11 +78,16 @@ def produce_to_kafka(
     Keying by user keeps each card's transactions in order within a partition, which per-user windows
     need. With ``realtime`` the send rate is held at ``config.rate`` events per wall-clock second (a
     live-looking feed for demos and soak tests); otherwise it is as fast as the producer takes them.
+    With ``requests`` every transaction is preceded by its score request (:func:`score_request`) on the
+    score-requests topic, the order a card network sees them: authorise first, then the transaction (and its
+    label) is recorded; inference workers use the transactions as delayed labels.
     Raises :class:`~services.kafka.DeliveryError` if any message was not acknowledged. Returns the number
     of records sent (all of them acknowledged).
     """
     topic = topic or settings.topics.transactions
     serde = Serde("transaction", registry_url=settings.schema_registry_url, subject=f"{topic}-value")
+    request_topic = settings.topics.score_requests
+    request_serde = Serde("score_request", registry_url=settings.schema_registry_url, subject=f"{request_topic}-value")
     producer = Producer(settings.kafka, client_suffix="generator")
     pace = _Pacer(config.rate) if realtime else None
     if pace is not None:
@@ -92,6 +100,9 @@ def produce_to_kafka(
                 if pace is not None and pace.wait(sent) and progress is not None and sent > reported:
                     progress(sent - reported)
                     reported = sent
+                if requests:
+                    request = score_request(record, datetime.now(tz=UTC))
+                    producer.send(request_topic, request_serde.encode(request), key=record["user_id"])
                 producer.send(topic, serde.encode(record), key=record["user_id"])
                 sent += 1
             if progress is not None and sent > reported:
@@ -104,6 +115,29 @@ def produce_to_kafka(
         raise
     producer.flush()
     return sent
+
+
+def score_request(transaction: dict[str, Any], request_time: datetime) -> dict[str, Any]:
+    """The score request a card network sends before ``transaction``; its id is the event id, so a label
+    that arrives with the transaction later can be matched to the prediction.
+
+    >>> from datetime import datetime, UTC
+    >>> t = {"event_id": "e1", "user_id": "u", "merchant_id": "m", "amount": 9.5, "currency": "EUR",
+    ...      "country": "DE", "channel": "POS", "event_time": None, "is_fraud": False}
+    >>> score_request(t, datetime(2026, 1, 1, tzinfo=UTC))["request_id"]
+    'e1'
+    """
+    return {
+        "request_id": transaction["event_id"],
+        "user_id": transaction["user_id"],
+        "merchant_id": transaction["merchant_id"],
+        "amount": transaction["amount"],
+        "currency": transaction["currency"],
+        "country": transaction["country"],
+        "channel": transaction["channel"],
+        "request_time": request_time,
+        "context": None,
+    }
 
 
 class _Pacer:

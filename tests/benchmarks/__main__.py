@@ -1,7 +1,7 @@
 """Run the benchmarks and print Markdown for BENCHMARKS.md (machine and date included).
 
-``python -m tests.benchmarks`` runs every module; arguments select some: ``python -m tests.benchmarks
-features`` or ``serde``, and ``features:profile,backfill`` runs only those parts of the feature benchmarks.
+``python -m tests.benchmarks`` runs every module; arguments select some (``features``, ``serde``, ``models``,
+``reader``, ``inference``), and ``features:profile,backfill`` runs only those parts of the feature benchmarks.
 Progress goes to stderr, the Markdown to stdout.
 """
 
@@ -28,7 +28,27 @@ def _features(parts: list[str] | None) -> str:
     return bench_features.run(parts)
 
 
-MODULES: dict[str, Callable[[list[str] | None], str]] = {"serde": _serde, "features": _features}
+def _models(parts: list[str] | None) -> str:
+    from tests.benchmarks import bench_models
+
+    return bench_models.run(parts)
+
+
+def _reader(parts: list[str] | None) -> str:
+    from tests.benchmarks import bench_reader
+
+    return bench_reader.run(parts)
+
+
+def _inference(parts: list[str] | None) -> str:
+    from tests.benchmarks import bench_inference
+
+    return bench_inference.run(parts)
+
+
+MODULES: dict[str, Callable[[list[str] | None], str]] = {
+    "serde": _serde, "features": _features, "models": _models, "reader": _reader, "inference": _inference
+}  # fmt: skip
 
 
 def main(argv: list[str]) -> None:

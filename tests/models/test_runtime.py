@@ -1,6 +1,11 @@
-"""Loading a model for scoring: integrity, card, I/O checks, provider choice that stays quiet on CPU machines."""
+"""Loading a model for scoring: integrity, card, I/O checks, provider choice that stays quiet on CPU machines,
+and the GPU serving paths (padded batches, IO binding) checked against the plain path on CPU."""
 
 from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any
 
 import numpy as np
 import onnx
@@ -11,12 +16,14 @@ from sklearn.pipeline import Pipeline
 
 from services.errors import StreamscoreError
 from services.models import runtime
-from services.models.card import CARD_KEY
+from services.models.card import CARD_KEY, INPUT_NAME
 from services.models.onnx_export import export_onnx, source_scores
 from services.models.runtime import (
     CPU,
     ModelIntegrityError,
     ModelLoadError,
+    ScoringSession,
+    bucket_sizes,
     open_session,
     resolve_providers,
     sha256_hex,
@@ -162,3 +169,162 @@ def test_explicit_gpu_that_cannot_start_is_an_error(
         open_session(exported, expected_sha256=None, providers=spec)
     assert open_session(exported, expected_sha256=None, providers=f"{spec},cpu").provider == CPU
     assert capfd.readouterr().out == ""
+
+
+class Recording:
+    """An ORT session that remembers the batch size of every run, plain or IO-bound, and passes it through."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.runs: list[tuple[str, int]] = []
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.runs.append(("plain", len(feeds[INPUT_NAME])))
+        return self.inner.run(names, feeds)
+
+    def io_binding(self) -> Any:
+        return RecordingBinding(self.inner.io_binding())
+
+    def run_with_iobinding(self, binding: RecordingBinding) -> None:
+        self.runs.append(("bound", binding.rows))
+        self.inner.run_with_iobinding(binding.inner)
+
+
+class RecordingBinding:
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.rows = inner, -1
+
+    def bind_cpu_input(self, name: str, x: np.ndarray) -> None:
+        self.rows = len(x)
+        self.inner.bind_cpu_input(name, x)
+
+    def bind_output(self, name: str, device_type: str) -> None:
+        assert device_type == "cpu"  # CPU provider: a "cuda" output here would be a bug
+        self.inner.bind_output(name, device_type)
+
+    def copy_outputs_to_cpu(self) -> list[np.ndarray]:
+        return self.inner.copy_outputs_to_cpu()
+
+
+def recording(scorer: ScoringSession) -> tuple[ScoringSession, Recording]:
+    spy = Recording(scorer.session)
+    return dataclasses.replace(scorer, session=spy), spy
+
+
+@pytest.fixture(scope="module")
+def plain(exported: bytes) -> ScoringSession:
+    return open_session(exported, expected_sha256=None, providers="cpu")
+
+
+@pytest.mark.parametrize(
+    ("max_batch", "sizes"),
+    [
+        (1, (1,)),
+        (2, (1, 2)),
+        (4, (1, 4)),
+        (5, (1, 4, 5)),
+        (17, (1, 4, 16, 17)),
+        (1000, (1, 4, 16, 64, 256, 1000)),
+        (1024, (1, 4, 16, 64, 256, 1024)),
+        (4096, (1, 4, 16, 64, 256, 1024, 4096)),
+    ],
+)
+def test_bucket_sizes(max_batch: int, sizes: tuple[int, ...]) -> None:
+    assert bucket_sizes(max_batch) == sizes
+
+
+def test_buckets_cover_every_batch_with_bounded_waste() -> None:
+    for max_batch in range(1, 300):
+        sizes = bucket_sizes(max_batch)
+        assert (sizes[0], sizes[-1]) == (1, max_batch)
+        assert all(a < b <= 4 * a for a, b in itertools.pairwise(sizes)), sizes
+
+
+@pytest.mark.parametrize("max_batch", [0, -4])
+def test_bucket_sizes_refuses_an_empty_batch(max_batch: int) -> None:
+    with pytest.raises(ValueError, match="max_batch must be at least 1"):
+        bucket_sizes(max_batch)
+
+
+@pytest.mark.parametrize(
+    ("n", "batches"),
+    [
+        (1, [1]),
+        (3, [4]),
+        (64, [64]),
+        (65, [256]),
+        (1000, [1024]),
+        (3000, [1024, 1024, 1024]),  # 1024 + 1024 + 952 padded to 1024
+    ],
+)
+@pytest.mark.parametrize("io_binding", [False, True], ids=["plain", "bound"])
+def test_padded_predictions_equal_unpadded(
+    exported: bytes, plain: ScoringSession, n: int, batches: list[int], io_binding: bool
+) -> None:
+    padded, spy = recording(
+        open_session(exported, expected_sha256=None, providers="cpu", pad_to=bucket_sizes(1024), io_binding=io_binding)
+    )
+    x, _ = make_data(n=n, seed=n)  # distinct rows, so a misplaced chunk or a padding row cannot go unnoticed
+    expected = plain.predict(x)
+    got = padded.predict(x)
+    assert got.dtype == np.float32
+    assert got.shape == (n,)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert spy.runs == [("bound" if io_binding else "plain", size) for size in batches]
+
+
+def test_padded_empty_batch_runs_nothing(exported: bytes) -> None:
+    padded, spy = recording(open_session(exported, expected_sha256=None, providers="cpu", pad_to=(1, 4)))
+    got = padded.predict(np.zeros((0, WIDTH)))
+    assert (got.shape, got.dtype, spy.runs) == ((0,), np.float32, [])
+
+
+def test_padded_predict_still_refuses_wrong_width(exported: bytes) -> None:
+    padded = open_session(exported, expected_sha256=None, providers="cpu", pad_to=(1, 4))
+    with pytest.raises(ValueError, match=rf"expected a \[N, {WIDTH}\] matrix"):
+        padded.predict(np.zeros((3, WIDTH + 1), dtype=np.float32))
+
+
+def test_io_binding_equals_the_plain_path(model: Pipeline, exported: bytes, plain: ScoringSession) -> None:
+    bound, spy = recording(open_session(exported, expected_sha256=None, providers="cpu", io_binding=True))
+    x, _ = make_data(n=37, seed=3)
+    got = bound.predict(x)
+    assert (got.dtype, got.shape) == (np.float32, (37,))
+    np.testing.assert_allclose(got, plain.predict(x), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, source_scores(model, x), rtol=0, atol=1e-5)
+    assert spy.runs == [("bound", 37)]
+
+
+def test_options_default_to_the_plain_path_on_cpu(exported: bytes, plain: ScoringSession) -> None:
+    assert (plain.pad_to, plain.io_binding) == ((), False)
+    scorer, spy = recording(plain)
+    scorer.predict(np.zeros((3, WIDTH)))
+    assert spy.runs == [("plain", 3)]
+    listed = open_session(exported, expected_sha256=None, providers="cpu", pad_to=[1, 8])
+    assert listed.pad_to == (1, 8)  # a list in, a tuple kept: the session is frozen
+
+
+@pytest.mark.parametrize("pad_to", [(4, 1), (1, 1), (0, 4), (-1,)])
+def test_pad_to_must_be_increasing_and_positive(plain: ScoringSession, pad_to: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="pad_to must be strictly increasing positive"):
+        dataclasses.replace(plain, pad_to=pad_to)
+
+
+def test_warm_runs_every_padded_size(plain: ScoringSession) -> None:
+    """With padding, a worker's warm((1, max_batch)) must still compile every shape requests will hit."""
+    padded, spy = recording(dataclasses.replace(plain, pad_to=bucket_sizes(100)))
+    padded.warm((1, 100))
+    assert spy.runs == [("plain", size) for size in (1, 4, 16, 64, 100)]
+    unpadded, spy = recording(plain)
+    unpadded.warm((1, 3))
+    assert spy.runs == [("plain", 1), ("plain", 3)]
+
+
+@pytest.mark.skipif(not GPU_DRIVER, reason="needs an NVIDIA GPU driver")
+def test_cuda_session_binds_by_default_and_matches_cpu(exported: bytes, plain: ScoringSession) -> None:
+    scorer = open_session(exported, expected_sha256=None, providers="cuda", pad_to=bucket_sizes(1024))
+    assert (scorer.provider, scorer.io_binding) == ("CUDAExecutionProvider", True)
+    scorer.warm()
+    x, _ = make_data(n=3000, seed=1)
+    # CUDA may use TF32 matmuls: close to CPU, not to 1e-6.
+    np.testing.assert_allclose(scorer.predict(x), plain.predict(x), rtol=0, atol=1e-3)

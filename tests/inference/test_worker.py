@@ -1,0 +1,389 @@
+"""The inference worker against the real broker, Redis, Feast and an MLflow-registered ONNX model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from confluent_kafka import KafkaException
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from services.features.request import REQUEST_FEATURES
+from services.inference import InferenceWorker
+from services.kafka import Consumer, Producer, group_lag, read_dead_letter
+from services.models import ModelCard, Registry, build_profile, export_onnx, load_model
+from services.serde import Serde
+from services.settings import Settings
+from services.store import OnlineWriter, apply_definitions, feature_store, quiet_feast, settings_env
+from services.training import service_features
+from tests.kafka.helpers import create_topic
+
+pytestmark = pytest.mark.integration
+
+KNOWN_USERS = [f"u-known-{i:03d}" for i in range(40)]
+MERCHANTS = [f"m-known-{i:02d}" for i in range(5)]
+NOW_MS = int(time.time() * 1000)
+
+
+def _register(settings: Settings, seed: int) -> int:
+    """A small real MLP with the card serving expects, registered and promoted to champion."""
+    with quiet_feast():
+        stored = [name for _, name in service_features(feature_store(settings), "fraud_model_v1")]
+    features = (*stored, *REQUEST_FEATURES)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(400, len(features))).astype(np.float32)
+    y = (x[:, 0] + x[:, -1] + rng.normal(size=400) > 0).astype(int)
+    model = Pipeline(
+        [("scale", StandardScaler()), ("mlp", MLPClassifier((8,), max_iter=500, tol=1e-3, random_state=seed))]
+    ).fit(x, y)
+    card = ModelCard(
+        model_name=settings.model.name, kind="mlp", feature_service="fraud_model_v1", features=features,
+        defaults=tuple(float(seed) for _ in features), request_features=REQUEST_FEATURES, threshold=0.5,
+        data_start="2026-01-01T00:00:00+00:00", data_end="2026-01-02T00:00:00+00:00", seed=seed,
+    )  # fmt: skip
+    profile = build_profile({**{f: x[:, j] for j, f in enumerate(features)}, "score": model.predict_proba(x)[:, 1]})
+    registry = Registry(settings)
+    with registry.start_run(f"test-{seed}") as run_id:
+        info = registry.log_candidate(
+            run_id, onnx_bytes=export_onnx(model, card), card=card, profile=profile, report={}, params={}, metrics={}
+        )
+    registry.promote(info.version, reason="test")
+    return info.version
+
+
+@pytest.fixture(scope="module")
+def served(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Own topics, group, data dir (Feast registry, MLflow); features for the known users; model v1."""
+    tag = uuid.uuid4().hex[:8]
+    topics = settings.topics.model_copy(
+        update={"score_requests": f"req-{tag}", "predictions": f"pred-{tag}", "dead_letters": f"dlq-{tag}",
+                "drift": f"drift-{tag}"}
+    )  # fmt: skip
+    for name, partitions in ((topics.score_requests, 2), (topics.predictions, 1), (topics.dead_letters, 1),
+                             (topics.drift, 1)):  # fmt: skip
+        create_topic(settings, name, partitions)
+    s = settings.model_copy(
+        update={
+            "data_dir": tmp_path_factory.mktemp("inference"),
+            "topics": topics,
+            "inference": settings.inference.model_copy(
+                update={"group_id": f"inference-{tag}", "reload_interval_s": 0.3, "max_delay_ms": 5}
+            ),
+        }
+    )
+    apply_definitions(s)
+    store = feature_store(s)
+    with quiet_feast():
+        columns = service_features(store, "fraud_model_v1")
+    rng = np.random.default_rng(0)
+    with OnlineWriter(s, store) as writer:
+        for view, ids in (("user_transactions", KNOWN_USERS), ("merchant_transactions", MERCHANTS)):
+            names = [n for v, n in columns if v == view]
+            values = {n: rng.integers(1, 50, len(ids)).astype(np.float64) for n in names}
+            writer.write(view, ids, values, np.full(len(ids), NOW_MS - 60_000, dtype=np.int64))
+    _register(s, seed=1)
+    return s
+
+
+def _requests(n: int, *, unknown_every: int = 5) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(n)
+    return [
+        {
+            "request_id": f"r-{uuid.uuid4().hex}",
+            "user_id": f"u-new-{i}" if i % unknown_every == 0 else KNOWN_USERS[i % len(KNOWN_USERS)],
+            "merchant_id": MERCHANTS[i % len(MERCHANTS)],
+            "amount": float(rng.gamma(2.0, 30.0)),
+            "currency": "EUR",
+            "country": "DE",
+            "channel": ["POS", "ECOM", "ATM", "MOTO"][i % 4],
+            "request_time": datetime.now(tz=UTC),
+        }
+        for i in range(n)
+    ]
+
+
+def _send(s: Settings, requests: list[dict[str, Any]], extra: list[tuple[bytes | None, bytes]] = ()) -> None:
+    serde = Serde("score_request")
+    producer = Producer(s.kafka)
+    for r in requests:
+        trace = f"00-{r['request_id'][2:34]}-0000000000000001-01".encode()
+        producer.send(s.topics.score_requests, serde.encode(r), key=r["user_id"], headers=[("traceparent", trace)])
+    for key, value in extra:
+        producer.send(s.topics.score_requests, value, key=key)
+    producer.flush()
+
+
+def _predictions(s: Settings, wanted: set[str], *, timeout_s: float = 60.0, committed: bool = False) -> list[Any]:
+    """Every prediction message until all ``wanted`` ids have one (fails the test on timeout)."""
+    serde = Serde("prediction")
+    seen: list[Any] = []
+    ids: set[str] = set()
+    overrides = {"isolation.level": "read_committed"} if committed else {}
+    with Consumer(s.kafka, f"reader-{uuid.uuid4().hex}", [s.topics.predictions], **overrides) as consumer:
+        deadline = time.monotonic() + timeout_s
+        while not wanted <= ids and time.monotonic() < deadline:
+            for msg in consumer.poll_batch(500, 0.3):
+                record = serde.decode(msg.value())
+                seen.append((record, msg))
+                ids.add(record["request_id"])
+        # Keep reading briefly: duplicates, if any, must be counted.
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            for msg in consumer.poll_batch(500, 0.3):
+                seen.append((serde.decode(msg.value()), msg))
+    assert wanted <= ids, f"{len(wanted - ids)} of {len(wanted)} requests got no prediction"
+    return seen
+
+
+@pytest.fixture
+def worker(served: Settings) -> Iterator[InferenceWorker]:
+    w = InferenceWorker(served)
+    thread = threading.Thread(target=w.run, daemon=True)
+    thread.start()
+    yield w
+    w.stop()
+    thread.join(30)
+    assert not thread.is_alive()
+
+
+def test_every_request_is_scored_like_feast_would_feed_the_model(served: Settings, worker: InferenceWorker) -> None:
+    requests = _requests(300)
+    garbage = [(b"k1", b"\x00\x01not avro"), (b"k2", b"")]
+    negative = dict(_requests(1)[0], amount=-5.0)
+    _send(served, requests, garbage)
+    _send(served, [negative])
+    seen = _predictions(served, {r["request_id"] for r in requests})
+    by_id = {record["request_id"]: (record, msg) for record, msg in seen}
+    assert negative["request_id"] not in by_id
+
+    session = load_model(served)
+    store = feature_store(served)
+    with quiet_feast():
+        service = store.get_feature_service("fraud_model_v1")
+        online = store.get_online_features(
+            features=service, entity_rows=[{"user_id": r["user_id"], "merchant_id": r["merchant_id"]} for r in requests]
+        ).to_dict()
+    from services.features.request import request_features
+
+    stored = {k: np.array([np.nan if v is None else v for v in vals], dtype=np.float64) for k, vals in online.items()
+              if k not in ("user_id", "merchant_id")}  # fmt: skip
+    extra = request_features(
+        np.array([r["amount"] for r in requests]), np.array([r["channel"] for r in requests]), stored
+    )
+    columns = {**stored, **extra}
+    raw = np.column_stack([columns[f] for f in session.card.features])
+    expected = session.predict(np.where(np.isnan(raw), np.asarray(session.card.defaults), raw).astype(np.float32))
+    for i, r in enumerate(requests):
+        record, msg = by_id[r["request_id"]]
+        assert record["score"] == pytest.approx(float(expected[i]), abs=1e-6)
+        assert record["decision"] == (record["score"] >= 0.5)
+        assert record["model_version"] == "1"
+        assert msg.key() == r["request_id"].encode()
+        assert dict(msg.headers())["traceparent"].decode().startswith("00-")
+        unknown = r["user_id"].startswith("u-new-")
+        assert bool(record["missing_features"]) == unknown  # unknown entity: scored with defaults, flagged
+        assert set(record["missing_features"]) >= ({"user_amount_count_5m"} if unknown else set())
+        assert record["feature_freshness_ms"] >= 60_000  # the merchant features were written a minute ago
+        latency = record["latency"]
+        assert latency["total_ms"] >= latency["queue_ms"] >= 0
+
+    dead = []
+    with Consumer(served.kafka, f"dlq-{uuid.uuid4().hex}", [served.topics.dead_letters]) as consumer:
+        deadline = time.monotonic() + 20
+        while len(dead) < 3 and time.monotonic() < deadline:
+            dead.extend(read_dead_letter(m) for m in consumer.poll_batch(100, 0.3))
+    # Confluent framing without a registry, an empty message, a negative amount: each with its reason.
+    assert sorted(d.reason for d in dead) == ["invalid-amount", "truncated", "unknown-schema"]
+    assert {d.stage for d in dead} == {"inference"}
+
+
+def test_a_hot_swap_under_load_loses_nothing(served: Settings, worker: InferenceWorker) -> None:
+    before = worker.version
+    sent: list[dict[str, Any]] = []
+    for step in range(20):
+        batch = _requests(40, unknown_every=7)
+        _send(served, batch)
+        sent.extend(batch)
+        if step == 8:
+            new_version = _register(served, seed=step + 100)
+        time.sleep(0.1)
+    deadline = time.monotonic() + 30
+    while worker.version == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    late = _requests(40)
+    _send(served, late)
+    seen = _predictions(served, {r["request_id"] for r in sent + late})
+    versions = {rec["request_id"]: rec["model_version"] for rec, _ in seen}
+    assert worker.version == str(new_version)
+    assert {versions[r["request_id"]] for r in late} == {str(new_version)}
+    assert set(versions[r["request_id"]] for r in sent) <= {before, str(new_version)}
+
+
+def _spawn(s: Settings, guarantee: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
+    env.update(settings_env(s))
+    env["STREAMSCORE_INFERENCE__GUARANTEE"] = guarantee
+    env["STREAMSCORE_METRICS_PORT"] = "0"
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "services", "inference", "run"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+
+
+@retry(retry=retry_if_exception_type(KafkaException), stop=stop_after_delay(30), wait=wait_fixed(0.2), reraise=True)
+def _lag(s: Settings) -> int:
+    """Requests the workers' group has not committed (retried while its coordinator is still loading)."""
+    return group_lag(s.kafka, s.inference.group_id, [s.topics.score_requests])
+
+
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+def test_kill_9_mid_stream_loses_nothing(served: Settings, guarantee: str, tmp_path: Path) -> None:
+    s = served.model_copy(
+        update={
+            "inference": served.inference.model_copy(
+                update={"group_id": f"kill-{uuid.uuid4().hex[:8]}", "max_batch": 50}
+            )
+        }
+    )
+    requests = _requests(3000, unknown_every=3)
+    _send(s, requests)
+    log = tmp_path / "worker.log"
+    total = _lag(s)  # the topic holds earlier tests' requests too
+    first = _spawn(s, guarantee, log)
+    try:
+        # Kill it as soon as its first commit is visible: mid-stream, with the next batches in flight.
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and _lag(s) == total:
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        left = _lag(s)
+        assert 0 < left < total, f"not killed mid-stream: {left} of {total} requests left"
+        second = _spawn(s, guarantee, log)
+        try:
+            seen = _predictions(s, {r["request_id"] for r in requests}, committed=guarantee == "exactly-once",
+                                timeout_s=120)  # fmt: skip
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    counts = Counter(rec["request_id"] for rec, _ in seen if rec["request_id"] in {r["request_id"] for r in requests})
+    if guarantee == "exactly-once":
+        assert set(counts.values()) == {1}, f"{sum(c > 1 for c in counts.values())} requests answered twice"
+    else:
+        assert min(counts.values()) >= 1
+
+
+class _Redis:
+    """A Redis of this test's own (the session's is shared), stopped and restarted on the same port and data."""
+
+    def __init__(self, workdir: Path) -> None:
+        from tests.conftest import free_port
+
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir), "--appendonly",
+             "yes", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        import redis
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=self.port).ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: Redis rewrites its append-only file before exiting
+            self.proc.wait(10)
+
+
+def _retries() -> float:
+    from prometheus_client import REGISTRY
+
+    return sum(
+        sample.value
+        for metric in REGISTRY.collect()
+        if metric.name == "streamscore_inference_retries"
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
+
+
+def test_redis_down_delays_predictions_and_loses_none(served: Settings, tmp_path: Path) -> None:
+    own = _Redis(tmp_path)
+    own.start()
+    tag = uuid.uuid4().hex[:8]
+    topics = served.topics.model_copy(update={"score_requests": f"req-{tag}", "predictions": f"pred-{tag}"})
+    create_topic(served, topics.score_requests, 2)
+    create_topic(served, topics.predictions, 1)
+    s = served.model_copy(
+        update={
+            "topics": topics,
+            "redis": served.redis.model_copy(update={"url": f"redis://127.0.0.1:{own.port}/0"}),
+            "inference": served.inference.model_copy(update={"group_id": f"redis-down-{tag}"}),
+        }
+    )
+    store = feature_store(s)
+    with quiet_feast():
+        columns = service_features(store, "fraud_model_v1")
+    with OnlineWriter(s, store) as writer:
+        for view, ids in (("user_transactions", KNOWN_USERS), ("merchant_transactions", MERCHANTS)):
+            names = [n for v, n in columns if v == view]
+            writer.write(view, ids, {n: np.full(len(ids), 7.0) for n in names}, np.full(len(ids), NOW_MS, np.int64))
+    w = InferenceWorker(s)
+    thread = threading.Thread(target=w.run, daemon=True)
+    thread.start()
+    try:
+        before = _requests(50, unknown_every=10**9)
+        _send(s, before)
+        _predictions(s, {r["request_id"] for r in before})
+        own.stop()
+        retries = _retries()
+        during = _requests(200, unknown_every=10**9)
+        _send(s, during)
+        deadline = time.monotonic() + 20
+        while _retries() < retries + 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _retries() >= retries + 2, "the worker did not retry while Redis was down"
+        assert thread.is_alive()
+        assert w.scored == len(before)  # nothing scored, so nothing committed, while the features are unreadable
+        own.start()
+        seen = _predictions(s, {r["request_id"] for r in during})
+    finally:
+        w.stop()
+        thread.join(30)
+        own.stop()
+    records = {rec["request_id"]: rec for rec, _ in seen}
+    # Scored with the stored features once Redis was back, not with defaults (u-new-0 has none anywhere).
+    known = [r for r in during if not r["user_id"].startswith("u-new-")]
+    assert len(known) == len(during) - 1
+    assert all(records[r["request_id"]]["missing_features"] == [] for r in known)
