@@ -543,6 +543,8 @@ def _spawn_workers(settings: Settings, workers: int) -> None:
         env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
         env.update(settings_env(settings))
         env["STREAMSCORE_METRICS_PORT"] = str(settings.metrics_port + i if settings.metrics_port else 0)
+        if settings.inference.instance_id:  # one name per process: two with the same one would fence each other
+            env["STREAMSCORE_INFERENCE__INSTANCE_ID"] = f"{settings.inference.instance_id}-{i}"
         procs.append(subprocess.Popen([sys.executable, "-m", "services", "inference", "run"], env=env))
 
     def forward(signum: int, _: Any) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import confluent_kafka
 import numpy as np
+import pandas as pd
 from confluent_kafka import KafkaException
 from rich.console import Console
 from rich.table import Table
@@ -157,12 +158,12 @@ def _wait_for_line(proc: subprocess.Popen[bytes], log: Path, offset: int, text: 
     raise RuntimeError(f"no {text!r} in {log} within {timeout_s:.0f}s")
 
 
-def show_predictions(settings: Settings, live: Any, console: Console) -> None:
-    """The live stream's predictions, read back from Kafka: decisions against the labels, latency, drift."""
-    from services.generator import generate_frame
-
-    frame = generate_frame(live).set_index("event_id")
-    serde, drift = Serde("prediction"), Serde("drift_report")
+def show_predictions(settings: Settings, live: pd.DataFrame, console: Console) -> None:
+    """The live transactions' predictions, read back from Kafka: decisions against the labels, latency, drift."""
+    frame = live.set_index("event_id")
+    url = settings.schema_registry_url
+    serde = Serde("prediction", registry_url=url, subject=f"{settings.topics.predictions}-value")
+    drift = Serde("drift_report", registry_url=url, subject=f"{settings.topics.drift}-value")
     predictions: dict[str, dict[str, Any]] = {}
     reports: list[dict[str, Any]] = []
     topics = [settings.topics.predictions, settings.topics.drift]
@@ -176,6 +177,8 @@ def show_predictions(settings: Settings, live: Any, console: Console) -> None:
                 record = serde.decode(msg.value())
                 if record["request_id"] in frame.index:
                     predictions[record["request_id"]] = record
+    if not predictions:
+        raise RuntimeError(f"no prediction of the live transactions on {settings.topics.predictions}")
     scored = frame.loc[list(predictions)]
     decision = np.array([predictions[i]["decision"] for i in scored.index])
     fraud = scored["is_fraud"].to_numpy(dtype=bool)
@@ -184,7 +187,7 @@ def show_predictions(settings: Settings, live: Any, console: Console) -> None:
         f"{len(predictions):,} predictions read back from [bold]{settings.topics.predictions}[/]: "
         f"{int(decision.sum()):,} flagged, catching {int((decision & fraud).sum())} of {int(fraud.sum())} frauds; "
         f"end-to-end latency p50 {np.median(total):.0f} ms, p99 {np.quantile(total, 0.99):.0f} ms "
-        "(they were sent as one burst)"
+        "(sent at 500/s)"
     )
     table = Table("request", "user", "amount", "channel", "score", "decision", "label", "missing", "model")
     top = sorted(predictions.values(), key=lambda r: -r["score"])[:6]
@@ -207,7 +210,7 @@ def show_predictions(settings: Settings, live: Any, console: Console) -> None:
 
 def run_demo(settings: Settings, *, console: Console, history_events: int = 100_000, live_events: int = 10_000) -> None:
     from services.features import backfill, load_plans, rules_for
-    from services.generator import GeneratorConfig, produce_to_kafka, write_parquet
+    from services.generator import GeneratorConfig, generate_frame, produce_to_kafka, write_parquet
     from services.kafka import ensure_topics
     from services.store import OnlineWriter, apply_definitions, feature_store, quiet_feast, settings_env
 
@@ -218,17 +221,21 @@ def run_demo(settings: Settings, *, console: Console, history_events: int = 100_
     ensure_topics(settings)
     apply_definitions(settings)
     now = datetime.now(tz=UTC).replace(microsecond=0)
-    common: dict[str, Any] = {"users": 2000, "merchants": 300, "fraud_rate": 0.01}
-    # Spread over about 40 h of the last two days, so the 24 h windows of the live events reach into it.
+    # One stream of the same cards and merchants: ~40 h of history from two days ago, then the live part
+    # (the next ~4 h of event time). The live part is held back until the model serves.
     rate = history_events / (40 * 3600)
-    history = GeneratorConfig(events=history_events, rate=rate, seed=1, start=now - timedelta(days=2), **common)
-    parquet = settings.data_dir / "demo" / "history.parquet"
+    stream = GeneratorConfig(events=history_events + live_events, rate=rate, seed=1, start=now - timedelta(days=2),
+                             users=2000, merchants=300, fraud_rate=0.01)  # fmt: skip
+    frame = generate_frame(stream)
+    split = frame["event_time"].sort_values().iloc[history_events].to_pydatetime()
+    live_frame = frame[frame["event_time"] >= split]
+    parquet = settings.data_dir / "demo" / "stream.parquet"
     parquet.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    write_parquet(history, parquet)
-    sent = produce_to_kafka(history, settings)
-    console.print(f"{sent:,} events from {history.start:%Y-%m-%d %H:%M} UTC → {parquet} and Kafka "
-                  f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
+    write_parquet(stream, parquet)
+    sent = produce_to_kafka(stream, settings, where=lambda r: r["event_time"] < split)
+    console.print(f"{sent:,} events from {stream.start:%Y-%m-%d %H:%M} to {split:%Y-%m-%d %H:%M} UTC → Kafka; "
+                  f"the whole stream → {parquet} ({time.perf_counter() - started:.1f}s)")  # fmt: skip
 
     console.rule("3. Backfill from the same Feast definitions")
     plans = load_plans(settings)
@@ -239,7 +246,7 @@ def run_demo(settings: Settings, *, console: Console, history_events: int = 100_
 
     started = time.perf_counter()
     report = backfill(
-        parquet, plans, settings.data_dir / "offline", start=history.start, end=now,
+        parquet, plans, settings.data_dir / "offline", start=stream.start, end=split,
         rules=rules_for(settings, plans), online=online,
     )  # fmt: skip
     elapsed = time.perf_counter() - started
@@ -249,14 +256,10 @@ def run_demo(settings: Settings, *, console: Console, history_events: int = 100_
                   f"({report.events_read / elapsed:,.0f} events/s); online store materialized")  # fmt: skip
 
     console.rule("4. Train, check and register the model")
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     from services.training import train
 
-    # The history covers ~40 of the last 48 h: end the range at its last event, or the test window is empty.
-    last = pc.max(pq.read_table(parquet, columns=["event_time"])["event_time"]).as_py()
-    result = train(settings, events=parquet, start=history.start, end=last + timedelta(seconds=1), kind="mlp", seed=0)
+    # Train from a day in: before that the 24 h windows were still filling, a warm-up live traffic never sees.
+    result = train(settings, events=parquet, start=stream.start + timedelta(days=1), end=split, kind="mlp", seed=0)
     gate = result.gate
     console.print(
         f"{sum(result.rows.values()):,} labelled rows ({result.positives['train']:,} frauds in training); test "
@@ -280,30 +283,27 @@ def run_demo(settings: Settings, *, console: Console, history_events: int = 100_
     procs = [_spawn(["features", "run"], env, log)]
     try:
         took = _wait_caught_up(settings, procs[0], log, timeout_s=300)
-        console.print(f"processor caught up on {history_events:,} historical events in {took:.0f}s (log: {log})")
+        console.print(f"processor caught up on {sent:,} historical events in {took:.0f}s (log: {log})")
         offset = worker_log.stat().st_size if worker_log.exists() else 0
         procs.append(_spawn(["inference", "run"], env, worker_log))
         _wait_for_line(procs[1], worker_log, offset, "serving", timeout_s=120)
         console.print(f"inference worker serving the champion (log: {worker_log})")
-        live = GeneratorConfig(events=live_events, rate=200.0, seed=2, start=datetime.now(tz=UTC) - timedelta(
-            seconds=live_events / 200.0), **common)  # fmt: skip
         started = time.monotonic()
-        produce_to_kafka(live, settings, requests=True)
+        # 500 a second of wall time, each score request just before its transaction, as a card network sends
+        # them: the processor keeps up, so a request sees its card's features as of just before it.
+        produce_to_kafka(stream, settings, requests=True, wall_rate=500, where=lambda r: r["event_time"] >= split)
         took = _wait_caught_up(settings, procs[0], log, timeout_s=300)
-        console.print(f"{live_events:,} live events processed {took:.1f}s after they were sent")
+        console.print(f"{len(live_frame):,} live events processed {took:.1f}s after the last was sent")
         _wait_caught_up(settings, procs[1], worker_log, timeout_s=300, inference=True)
         took = time.monotonic() - started
-        console.print(f"{live_events:,} score requests answered {took:.1f}s after the first was sent")
+        console.print(f"{len(live_frame):,} score requests answered {took:.1f}s after the first was sent")
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(60)
-    show_predictions(settings, live, console)
+    show_predictions(settings, live_frame, console)
 
-    from services.generator import generate_frame
-
-    live_frame = generate_frame(live)
     busiest = [u for u, _ in Counter(live_frame["user_id"]).most_common(3)]
     merchant = Counter(live_frame["merchant_id"]).most_common(1)[0][0]
     store = feature_store(settings)

@@ -69,7 +69,9 @@ def produce_to_kafka(
     *,
     topic: str | None = None,
     realtime: bool = False,
+    wall_rate: float | None = None,
     requests: bool = False,
+    where: Callable[[dict[str, Any]], bool] | None = None,
     progress: Progress | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> int:
@@ -77,7 +79,9 @@ def produce_to_kafka(
 
     Keying by user keeps each card's transactions in order within a partition, which per-user windows
     need. With ``realtime`` the send rate is held at ``config.rate`` events per wall-clock second (a
-    live-looking feed for demos and soak tests); otherwise it is as fast as the producer takes them.
+    live-looking feed for demos and soak tests), or at ``wall_rate`` when given (a replay of a stream faster
+    or slower than its event time); otherwise it is as fast as the producer takes them. ``where`` sends only
+    the records it accepts (one part of a stream: the history, then the live part).
     With ``requests`` every transaction is preceded by its score request (:func:`score_request`) on the
     score-requests topic, the order a card network sees them: authorise first, then the transaction (and its
     label) is recorded; inference workers use the transactions as delayed labels.
@@ -89,14 +93,17 @@ def produce_to_kafka(
     request_topic = settings.topics.score_requests
     request_serde = Serde("score_request", registry_url=settings.schema_registry_url, subject=f"{request_topic}-value")
     producer = Producer(settings.kafka, client_suffix="generator")
-    pace = _Pacer(config.rate) if realtime else None
-    if pace is not None:
-        chunk_size = min(chunk_size, max(1, int(config.rate)))  # a second's worth: progress stays live
+    rate = wall_rate or (config.rate if realtime else None)
+    pace = _Pacer(rate) if rate else None
+    if rate:
+        chunk_size = min(chunk_size, max(1, int(rate)))  # a second's worth: progress stays live
     sent = 0
     try:
         for records in generate(config, chunk_size=chunk_size):
             reported = sent
             for record in records:
+                if where is not None and not where(record):
+                    continue
                 if pace is not None and pace.wait(sent) and progress is not None and sent > reported:
                     progress(sent - reported)
                     reported = sent

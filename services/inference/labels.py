@@ -60,7 +60,7 @@ class LabelFeed:
 
     def follow(self, partitions: Iterable[int]) -> None:
         """Read the labels of the request partitions this worker owns now (all of them if the counts differ)."""
-        if self._partitions is None:
+        if not self._partitions:  # unknown, or the topic was not there yet
             self._partitions = self._count(self.topic)
             self._aligned = self._partitions == self._count(self.requests_topic)
         wanted = frozenset(partitions) if self._aligned else frozenset(range(self._partitions))
@@ -70,6 +70,10 @@ class LabelFeed:
         self._consumer.raw.assign(
             [confluent_kafka.TopicPartition(self.topic, p, confluent_kafka.OFFSET_END) for p in sorted(wanted)]
         )
+
+    def forget(self) -> None:
+        """Drop the remembered scores (a new model is served); labels waiting for a prediction stay."""
+        self._scores.clear()
 
     def _count(self, topic: str) -> int:
         metadata = self._consumer.raw.list_topics(topic, timeout=10).topics.get(topic)

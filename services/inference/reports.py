@@ -13,11 +13,13 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import confluent_kafka
 from prometheus_client import Counter, Gauge
 
 from services.inference.drift import DriftMonitor, DriftReport
 from services.inference.labels import LabelFeed
 from services.inference.scorer import ScoredBatch
+from services.kafka import ConsumerError
 from services.models.runtime import ScoringSession
 from services.serde import Serde
 from services.settings import Settings
@@ -46,7 +48,7 @@ class DriftReporter:
         self._serde = Serde("drift_report", registry_url=settings.schema_registry_url, subject=f"{topic}-value")
         self.monitor: DriftMonitor | None = None
         self.labels = LabelFeed(settings) if settings.inference.labels else None
-        self._pending: list[tuple[str, bytes]] = []
+        self._pending: list[DriftReport] = []  # encoded when sent: an encoding failure is retried, not lost
         self._next = time.monotonic() + settings.inference.drift_interval_s
         self._detections: dict[str, int] = {}
 
@@ -60,7 +62,8 @@ class DriftReporter:
                 worker=self.worker_id, psi_threshold=cfg.drift_psi_threshold,
                 wasserstein_threshold=cfg.drift_wasserstein_threshold,
                 missing_rate_threshold=cfg.drift_missing_threshold, min_count=cfg.drift_min_count,
-                detector=cfg.drift_detector, decision_threshold=cfg.threshold or session.card.threshold,
+                detector=cfg.drift_detector,
+                decision_threshold=session.card.threshold if cfg.threshold is None else cfg.threshold,
                 start_ms=int(time.time() * 1000),
             )  # fmt: skip
         except ValueError as exc:  # a version registered without a usable profile still serves
@@ -68,6 +71,8 @@ class DriftReporter:
             self.monitor = None
             return
         self._detections = {}
+        if self.labels is not None:
+            self.labels.forget()  # scores of the previous model must not feed this one's error detector
 
     def observe(self, request_ids: Iterable[str], batch: ScoredBatch, now_ms: int) -> None:
         """A batch whose predictions were acknowledged (so a retried batch is counted once)."""
@@ -78,11 +83,15 @@ class DriftReporter:
             self._labelled(*self.labels.remember(request_ids, batch.scores))
 
     def poll_labels(self, partitions: Iterable[int]) -> None:
-        """Follow the request partitions this worker owns and feed the labels that arrived."""
+        """Follow the request partitions this worker owns and feed the labels that arrived. Labels only
+        monitor: a failure to read them is logged, never allowed to stop scoring."""
         if self.labels is None or self.monitor is None:
             return
-        self.labels.follow(partitions)
-        self._labelled(*self.labels.poll())
+        try:
+            self.labels.follow(partitions)
+            self._labelled(*self.labels.poll())
+        except (confluent_kafka.KafkaException, ConsumerError) as exc:
+            log.warning("delayed labels not read: %s", exc)
 
     def _labelled(self, scores: list[float], labels: list[bool]) -> None:
         if scores and self.monitor is not None:
@@ -95,7 +104,7 @@ class DriftReporter:
         """(key, value) of every report to publish now: the one whose interval ended, and any not yet sent."""
         if self.monitor is not None and time.monotonic() >= self._next:
             self.close_window()
-        return list(self._pending)
+        return [(f"{r['model_version']}/{self.worker_id}", self._serde.encode(dict(r))) for r in self._pending]
 
     def sent(self, count: int) -> None:
         """The first ``count`` reports of :meth:`due_reports` are acknowledged."""
@@ -108,7 +117,7 @@ class DriftReporter:
             return
         report = self.monitor.report(int(time.time() * 1000))
         self._record(report)
-        self._pending.append((f"{report['model_version']}/{self.worker_id}", self._serde.encode(dict(report))))
+        self._pending.append(report)
 
     def _record(self, report: DriftReport) -> None:
         for entry in report["features"]:

@@ -35,6 +35,17 @@ class ScoredBatch:
     features_ms: float
     inference_ms: float
 
+    @classmethod
+    def concat(cls, batches: Sequence[ScoredBatch]) -> ScoredBatch:
+        """Batches scored one after the other, as one (times add up)."""
+        return cls(
+            np.concatenate([b.scores for b in batches]), np.concatenate([b.decisions for b in batches]),
+            np.concatenate([b.inputs for b in batches]), np.concatenate([b.missing for b in batches]),
+            [names for b in batches for names in b.missing_names],
+            np.concatenate([b.freshness_ms for b in batches]), sum(b.features_ms for b in batches),
+            sum(b.inference_ms for b in batches),
+        )  # fmt: skip
+
 
 class Scorer:
     """Feeds one model exactly what its card declares: store features in service order, then the request

@@ -31,13 +31,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import confluent_kafka
+import redis
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.inference.drift import compile_kernels
 from services.inference.instance import Instance, claim_instance
 from services.inference.reports import DriftReporter
 from services.inference.scorer import ScoredBatch, Scorer
-from services.kafka import Consumer, DeadLetterPublisher, Producer, ensure_topics, next_offsets
+from services.kafka import Consumer, DeadLetterPublisher, DeliveryError, Producer, ensure_topics, next_offsets
 from services.models.loader import load_model
 from services.models.registry import CHAMPION, Registry, RegistryError
 from services.models.runtime import CPU, ScoringSession, bucket_sizes
@@ -66,7 +67,18 @@ MODEL = Gauge("streamscore_inference_model_info", "The model version being serve
 RETRIES = Counter("streamscore_inference_retries", "Batches retried after a broker or Redis failure", ["cause"])
 LAG = Gauge("streamscore_inference_consumer_lag", "Requests behind the partition end", ["partition"])
 
-_BACKOFF_MAX_S = 5.0
+_BACKOFF_START_S, _BACKOFF_MAX_S = 0.1, 5.0
+_STRIKES = 3  # failures in a row, not outages, before a batch is scored one request at a time
+
+
+def _transient(exc: BaseException) -> bool:
+    """An outage that retrying the same batch outlasts: the broker, Redis, the schema registry."""
+    if isinstance(exc, DeliveryError | redis.ConnectionError | redis.TimeoutError):
+        return True
+    if isinstance(exc, confluent_kafka.KafkaException):
+        err = exc.args[0]
+        return bool(err.retriable() or err.txn_requires_abort())
+    return isinstance(exc, SerdeError) and exc.reason == "registry"
 
 
 def _valid(request: dict[str, Any]) -> str | None:
@@ -119,6 +131,7 @@ class InferenceWorker:
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._next_reload = time.monotonic() + cfg.reload_interval_s
         self._stop = threading.Event()
+        self._strikes, self._delay = 0, _BACKOFF_START_S
         self.scored = 0
 
     def _scorer(self, session: ScoringSession, profile: dict[str, Any]) -> Scorer:
@@ -173,25 +186,46 @@ class InferenceWorker:
                 self._abort()
 
     def _process(self, messages: Sequence[confluent_kafka.Message]) -> None:
-        """Publish and commit one batch, retrying (from the same offsets) until it is done or we stop."""
-        delay = 0.1
-        while True:
+        """Publish and commit one batch; on failure rewind to it, so the next polls bring it back."""
+        try:
+            done = self._publish(messages, isolate=self._strikes >= _STRIKES)
+        except Exception as exc:
+            self._failed(messages, exc)
+            return
+        self._strikes, self._delay = 0, _BACKOFF_START_S
+        if done is not None:
             try:
-                self._publish(messages)
-                return
-            except Exception as exc:  # broker, Redis, or model: nothing committed, retry the same input
-                cause = type(exc).__name__
-                RETRIES.labels(cause).inc()
-                log.warning("batch of %d failed (%s: %s); retrying in %.1fs", len(messages), cause, exc, delay)
-                if self.exactly_once:
-                    self._abort()
-                if self._stop.wait(delay):
-                    self._rewind(messages)  # the next owner of these partitions starts from the batch
-                    return
-                delay = min(delay * 2, _BACKOFF_MAX_S)
+                self.drift.observe(*done)
+            except Exception as exc:  # monitoring must never replay a published batch
+                log.error("drift monitor failed on a batch (%s: %s); its predictions are published", type(exc), exc)
 
-    def _publish(self, messages: Sequence[confluent_kafka.Message]) -> None:
-        """One attempt at a batch: nothing of it counts (offsets, drift window) unless all of it went out."""
+    def _failed(self, messages: Sequence[confluent_kafka.Message], exc: Exception) -> None:
+        """Nothing of the batch is committed. A transient failure (broker, Redis, schema registry) is retried
+        with backoff; any other is retried too, and from the third in a row the batch is scored one request at
+        a time, so a request that cannot be scored goes to the dead-letter topic instead of blocking its
+        partition. A fatal Kafka error (a fenced producer) stops the worker."""
+        cause = type(exc).__name__
+        RETRIES.labels(cause).inc()
+        if self.exactly_once:
+            self._abort()
+        if isinstance(exc, confluent_kafka.KafkaException) and exc.args[0].fatal():
+            raise exc
+        if not _transient(exc):
+            self._strikes += 1
+        how = "request by request" if self._strikes >= _STRIKES else "whole"
+        log.warning("batch of %d failed (%s: %s); retrying it %s in %.1fs", len(messages), cause, exc, how,
+                    self._delay)  # fmt: skip
+        self._rewind(messages)
+        self._stop.wait(self._delay)
+        self._delay = min(self._delay * 2, _BACKOFF_MAX_S)
+
+    def _publish(
+        self, messages: Sequence[confluent_kafka.Message], *, isolate: bool = False
+    ) -> tuple[list[str], ScoredBatch, int] | None:
+        """One attempt at a batch: its outputs, then its offsets (in one transaction for exactly-once).
+
+        Returns what the drift monitor is to observe once the batch is done: request ids, scores, time.
+        """
         picked_ms = time.time() * 1000
         good: list[tuple[confluent_kafka.Message, dict[str, Any]]] = []
         if self.exactly_once:
@@ -200,16 +234,16 @@ class InferenceWorker:
             try:
                 request = self.requests.decode(msg.value())
             except SerdeError as exc:
-                self.dead_letters.publish(msg, exc.reason, exc)
-                REQUESTS.labels("dead-letter").inc()
+                if exc.reason == "registry":  # the registry is down, the request may be fine: retry the batch
+                    raise
+                self._dead_letter(msg, exc.reason, exc)
                 continue
             reason = _valid(request)
             if reason is not None:
-                self.dead_letters.publish(msg, reason)
-                REQUESTS.labels("dead-letter").inc()
+                self._dead_letter(msg, reason)
                 continue
             good.append((msg, request))
-        batch = self.scorer.score([r for _, r in good], int(picked_ms)) if good else None
+        good, batch = self._score(good, int(picked_ms), isolate)
         if batch is not None:
             self._send_predictions(good, batch, picked_ms)
         reports = self.drift.due_reports()
@@ -220,7 +254,7 @@ class InferenceWorker:
             if offsets:
                 group = self.consumer.raw.consumer_group_metadata()
                 self.producer.raw.send_offsets_to_transaction(offsets, group, 30)
-            self.producer.raw.commit_transaction(30)
+            self._commit_transaction()
         else:
             self.producer.flush()
             try:
@@ -230,9 +264,45 @@ class InferenceWorker:
                 # (a duplicate prediction, which at-least-once allows). Retrying would publish it again.
                 log.warning("commit after a published batch failed (%s); its requests may be scored again", exc)
         self.drift.sent(len(reports))
-        if batch is not None:
-            self.drift.observe((r["request_id"] for _, r in good), batch, int(picked_ms))
         self.scored += len(good)
+        return None if batch is None else ([r["request_id"] for _, r in good], batch, int(picked_ms))
+
+    def _score(
+        self, good: list[tuple[confluent_kafka.Message, dict[str, Any]]], now_ms: int, isolate: bool
+    ) -> tuple[list[tuple[confluent_kafka.Message, dict[str, Any]]], ScoredBatch | None]:
+        """The batch in one call; or, isolating a poison request, one call per request, dead-lettering those
+        that fail for a reason other than an outage."""
+        if not good:
+            return good, None
+        if not isolate:
+            return good, self.scorer.score([r for _, r in good], now_ms)
+        kept, batches = [], []
+        for msg, request in good:
+            try:
+                batches.append(self.scorer.score([request], now_ms))
+            except Exception as exc:
+                if _transient(exc):
+                    raise
+                self._dead_letter(msg, "scoring-failed", exc)
+                continue
+            kept.append((msg, request))
+        return kept, ScoredBatch.concat(batches) if batches else None
+
+    def _dead_letter(self, msg: confluent_kafka.Message, reason: str, exc: BaseException | None = None) -> None:
+        self.dead_letters.publish(msg, reason, exc)
+        REQUESTS.labels("dead-letter").inc()
+
+    def _commit_transaction(self) -> None:
+        """librdkafka: a commit that timed out may still complete, so the same commit is retried; one that
+        needs an abort is raised to :meth:`_failed`, which aborts and rewinds."""
+        while True:
+            try:
+                self.producer.raw.commit_transaction(30)
+                return
+            except confluent_kafka.KafkaException as exc:
+                if not exc.args[0].retriable() or self._stop.is_set():
+                    raise
+                log.warning("commit_transaction (%s): retrying the commit", exc)
 
     def _send_predictions(
         self, good: list[tuple[confluent_kafka.Message, dict[str, Any]]], batch: ScoredBatch, picked_ms: float
@@ -281,6 +351,7 @@ class InferenceWorker:
             self.producer.raw.abort_transaction(30)
         except confluent_kafka.KafkaException as exc:
             log.warning("abort_transaction failed: %s", exc)
+        self.producer.discard_failures()  # the purged messages' reports: the batch is retried whole
 
     def _rewind(self, messages: Sequence[confluent_kafka.Message]) -> None:
         first: dict[tuple[str, int], int] = {}
@@ -375,6 +446,9 @@ def run_workers(settings: Settings) -> None:
                 return
     worker = InferenceWorker(settings)
     worker.install_signals()
+    if stop.is_set():  # SIGTERM while the model loaded
+        worker.instance.release()
+        return
     log.info("inference worker %s in group %s (%s)", worker.worker_id, settings.inference.group_id,
              settings.inference.guarantee)  # fmt: skip
     worker.run()

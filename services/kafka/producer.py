@@ -89,6 +89,10 @@ class Producer:
         if failures:
             raise DeliveryError(failures)
 
+    def discard_failures(self) -> None:
+        """Forget failed deliveries, e.g. the messages an aborted transaction purged (the caller retries them)."""
+        self._failures.clear()
+
     def __len__(self) -> int:
         """Messages produced but not yet acknowledged."""
         return len(self._producer)

@@ -213,6 +213,47 @@ def test_every_request_is_scored_like_feast_would_feed_the_model(served: Setting
     assert {d.stage for d in dead} == {"inference"}
 
 
+def test_a_request_that_cannot_be_scored_is_dead_lettered_and_the_rest_are_scored(
+    served: Settings, worker: InferenceWorker
+) -> None:
+    """A stored value that is not a number fails every batch it is in; from the third failure in a row the
+    worker scores the batch request by request, dead-letters the poisoned request and publishes the rest."""
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from services.store.encoding import redis_keys
+
+    poisoned = KNOWN_USERS[3]
+    key = redis_keys("user_id", [poisoned], worker.reader.project)[0]
+    client = worker.reader.redis
+    fields = [f for f in client.hkeys(key) if not f.startswith(b"_ts:")]
+    saved = client.hgetall(key)
+    client.hset(key, mapping={f: Value(string_val="not a number").SerializeToString() for f in fields})
+    dead_before = _count_dead_letters(served, "scoring-failed")
+    try:
+        requests = [dict(r, user_id=KNOWN_USERS[i % 6]) for i, r in enumerate(_requests(60))]
+        _send(served, requests)
+        wanted = {r["request_id"] for r in requests if r["user_id"] != poisoned}
+        seen = _predictions(served, wanted)
+    finally:
+        client.hset(key, mapping=saved)
+    assert not {r["request_id"] for r in requests if r["user_id"] == poisoned} & {rec["request_id"] for rec, _ in seen}
+    deadline = time.monotonic() + 20
+    while _count_dead_letters(served, "scoring-failed") - dead_before < 10 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _count_dead_letters(served, "scoring-failed") - dead_before == 10  # every 6th of 60 requests
+
+
+def _count_dead_letters(s: Settings, reason: str) -> int:
+    count = 0
+    with Consumer(s.kafka, f"dlq-{uuid.uuid4().hex}", [s.topics.dead_letters]) as consumer:
+        empty = 0
+        while empty < 3:
+            batch = consumer.poll_batch(500, 0.3)
+            empty = 0 if batch else empty + 1
+            count += sum(read_dead_letter(m).reason == reason for m in batch)
+    return count
+
+
 def test_a_hot_swap_under_load_loses_nothing(served: Settings, worker: InferenceWorker) -> None:
     before = worker.version
     sent: list[dict[str, Any]] = []
