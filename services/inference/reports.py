@@ -130,8 +130,9 @@ class DriftReporter:
         DRIFT_REPORTS.labels(str(report["drifted"]).lower()).inc()
         if report["drifted"]:
             drifted = sorted({f"{e['feature']}:{e['statistic']}" for e in report["features"] if e["drifted"]})
+            shown = ", ".join(drifted[:6]) + (f" and {len(drifted) - 6} more" if len(drifted) > 6 else "")
             log.warning("drift in v%s over %d predictions: %s", report["model_version"], report["count"],
-                        ", ".join(drifted) or "detector")  # fmt: skip
+                        shown or "a detector fired")  # fmt: skip
 
     def close(self) -> None:
         if self.labels is not None:

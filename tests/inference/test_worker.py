@@ -254,7 +254,7 @@ def _count_dead_letters(s: Settings, reason: str) -> int:
     return count
 
 
-def test_a_hot_swap_under_load_loses_nothing(served: Settings, worker: InferenceWorker) -> None:
+def test_a_hot_swap_under_load_and_a_rollback_lose_nothing(served: Settings, worker: InferenceWorker) -> None:
     before = worker.version
     sent: list[dict[str, Any]] = []
     for step in range(20):
@@ -274,6 +274,18 @@ def test_a_hot_swap_under_load_loses_nothing(served: Settings, worker: Inference
     assert worker.version == str(new_version)
     assert {versions[r["request_id"]] for r in late} == {str(new_version)}
     assert set(versions[r["request_id"]] for r in sent) <= {before, str(new_version)}
+
+    # A rollback reaches the running worker the same way.
+    Registry(served).rollback()
+    deadline = time.monotonic() + 30
+    while worker.version != before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    after = _requests(40)
+    _send(served, after)
+    seen = _predictions(served, {r["request_id"] for r in after})
+    assert {rec["model_version"] for rec, _ in seen if rec["request_id"] in {r["request_id"] for r in after}} == {
+        before
+    }
 
 
 def _spawn(s: Settings, guarantee: str, log: Path) -> subprocess.Popen[bytes]:
