@@ -10,8 +10,10 @@ model), so scaling out is starting another process in the same group. Per batch:
 5. commit the input offsets only after every prediction and dead letter of the batch is acknowledged
    (at-least-once), or atomically with them in a Kafka transaction (exactly-once).
 
-A failure in steps 3 to 5 never skips input: the worker retries the same batch (from its offsets) with
-backoff, so a broker or Redis outage delays predictions without losing or committing anything early.
+A failure in steps 3 to 5 never skips input: the worker seeks back to the batch and polls it again with
+backoff, so a broker or Redis outage delays predictions without losing or committing anything early, and
+the worker keeps polling (it stays in its group). A batch that keeps failing for another reason is scored
+one request at a time, so only the requests that cannot be scored go to the dead-letter topic.
 The champion alias is polled between batches; a new model is loaded and warmed beside the old one and
 swapped in between two batches. Every published batch feeds the drift monitor of the model that scored it
 (:class:`~services.inference.reports.DriftReporter`); its reports go out with the batches, in the same
@@ -64,7 +66,7 @@ FRESHNESS = Histogram(
 )  # fmt: skip
 MISSING = Counter("streamscore_inference_missing_features", "Model inputs filled with their default", ["feature"])
 MODEL = Gauge("streamscore_inference_model_info", "The model version being served (value 1)", ["model", "version"])
-RETRIES = Counter("streamscore_inference_retries", "Batches retried after a broker or Redis failure", ["cause"])
+RETRIES = Counter("streamscore_inference_retries", "Batches rewound and retried after a failure", ["cause"])
 LAG = Gauge("streamscore_inference_consumer_lag", "Requests behind the partition end", ["partition"])
 
 _BACKOFF_START_S, _BACKOFF_MAX_S = 0.1, 5.0
