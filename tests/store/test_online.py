@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 from services.settings import RedisSettings, Settings
 from services.store import OnlineWriter, apply_definitions, feature_store, quiet_feast, repo_config
 from tests.conftest import free_port
+from tests.store.helpers import CountingConnection
 
 pytestmark = [
     pytest.mark.integration,
@@ -195,38 +196,24 @@ def test_same_bytes_as_feasts_write_path(
     assert len(our_hash) == len(features) + 1
 
 
-class _CountingConnection(redis.Connection):
-    """A real connection that logs each send and each reply read, in order."""
-
-    events: list[str] = []  # noqa: RUF012 - one log for every connection of the test
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        self.events.append("send")
-        super().send_packed_command(command, check_health)
-
-    def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        self.events.append("read")
-        return super().read_response(*args, **kwargs)
-
-
 def test_one_round_trip_and_no_reads_per_write(
     settings: Settings, store: FeatureStore, client: redis.Redis, schema: Schema, unique: str
 ) -> None:
     with OnlineWriter(settings, store) as writer:
         pool = writer.redis.connection_pool
         writer.redis.connection_pool = redis.ConnectionPool(
-            connection_class=_CountingConnection, **pool.connection_kwargs
+            connection_class=CountingConnection, **pool.connection_kwargs
         )
         n = 200
         users = [f"trip-{unique}-{i}" for i in range(n)]
         features = _features(schema, "user_transactions", n, seed=5)
         writer.write("user_transactions", users, features, np.full(n, T0))  # connects (handshake commands)
-        _CountingConnection.events.clear()
+        CountingConnection.events.clear()
         stats_before = client.info("commandstats")
         writer.write("user_transactions", users, features, np.full(n, T0 + 1))
         stats_after = client.info("commandstats")
 
-    assert _CountingConnection.events == ["send"] + ["read"] * n  # everything sent, then every reply read
+    assert CountingConnection.events == ["send"] + ["read"] * n  # everything sent, then every reply read
 
     def calls(stats: dict[str, Any], command: str) -> int:
         return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))

@@ -32,6 +32,7 @@ from services.store import OnlineWriter, apply_definitions, feature_store, quiet
 from services.store.encoding import redis_keys
 from services.store.reader import OnlineBatch, OnlineReader, decode_timestamps, decode_values
 from services.training.dataset import service_features
+from tests.store.helpers import CountingConnection
 
 pytestmark = pytest.mark.filterwarnings("ignore:Stream feature views are experimental:RuntimeWarning")
 integration = pytest.mark.integration
@@ -276,20 +277,6 @@ def test_a_projection_with_alias_join_key_map_and_subset(
     _assert_same_as_feast(store, service.name, batch, rows, written, keys)
 
 
-class _CountingConnection(redis.Connection):
-    """A real connection that logs each send and each reply read, in order."""
-
-    events: list[str] = []  # noqa: RUF012 - one log for every connection of the test
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        self.events.append("send")
-        super().send_packed_command(command, check_health)
-
-    def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        self.events.append("read")
-        return super().read_response(*args, **kwargs)
-
-
 @integration
 def test_one_round_trip_one_hmget_per_distinct_entity_and_view(
     iso: Settings, store: FeatureStore, written: Written, settings: Settings
@@ -300,14 +287,14 @@ def test_one_round_trip_one_hmget_per_distinct_entity_and_view(
     with OnlineReader(iso, SERVICE, store) as reader, redis.Redis.from_url(settings.redis.url) as client:
         pool = reader.redis.connection_pool
         reader.redis.connection_pool = redis.ConnectionPool(
-            connection_class=_CountingConnection, **pool.connection_kwargs
+            connection_class=CountingConnection, **pool.connection_kwargs
         )
         reader.read({"user_id": users[:1], "merchant_id": merchants[:1]})  # connects (handshake commands)
-        _CountingConnection.events.clear()
+        CountingConnection.events.clear()
         before = client.info("commandstats")
         reader.read({"user_id": users, "merchant_id": merchants})
         after = client.info("commandstats")
-    assert _CountingConnection.events == ["send"] + ["read"] * distinct
+    assert CountingConnection.events == ["send"] + ["read"] * distinct
 
     def calls(stats: dict[str, Any], command: str) -> int:
         return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
