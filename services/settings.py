@@ -28,7 +28,9 @@ __all__ = [
     "InferenceSettings",
     "KafkaSettings",
     "ModelSettings",
+    "MonitoringSettings",
     "RedisSettings",
+    "RetrainSettings",
     "Settings",
     "StackSettings",
     "TopicSettings",
@@ -230,6 +232,53 @@ class InferenceSettings(_Section):
     labels: bool = Field(True, description="Match delayed labels (transactions' is_fraud, event id = request id)")
 
 
+class RetrainSettings(_Section):
+    """`streamscore retrain-on-drift`: when persistent drift retrains the model, and on which data."""
+
+    group_id: str = Field("streamscore-retrain", description="Consumer group reading the drift topic")
+    min_drifted_features: int = Field(
+        1, ge=1, description="Drifted inputs (statistic above threshold) a report needs to count as drifted"
+    )
+    min_reports: int = Field(
+        3, ge=1, description="Drifted reports in a row, about the serving champion, that trigger a retrain"
+    )
+    min_duration_s: float = Field(0.0, ge=0, description="Seconds those reports' windows must span at least (0 = any)")
+    window_h: float = Field(
+        24.0, gt=0, description="Hours of event time, up to the newest transaction, the new model trains on"
+    )
+    warmup_h: float = Field(
+        24.0, ge=0, description="Event time replayed before the window so its windowed features are whole"
+    )
+    cooldown_s: float = Field(600.0, ge=0, description="Seconds after a retrain before drift may trigger another")
+    model: Literal["mlp", "gbt"] = Field("mlp", description="Model family the retrain trains")
+
+
+class MonitoringSettings(_Section):
+    """The Prometheus that scrapes every service, and what `streamscore top` and `report` read from it."""
+
+    prometheus_url: str = Field(
+        "http://127.0.0.1:9090", description="Prometheus HTTP API (and where `stack up` runs one)"
+    )
+    scrape_interval_s: float = Field(5.0, gt=0, le=300, description="Seconds between scrapes of each service")
+    retention: str = Field("15d", pattern=r"^\d+[hdwy]$", description="How long the local Prometheus keeps samples")
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"must be an http(s)://host:port URL, got {value!r}")
+        return value.rstrip("/")
+
+    @property
+    def prometheus_host(self) -> str:
+        return urlparse(self.prometheus_url).hostname or "127.0.0.1"
+
+    @property
+    def prometheus_port(self) -> int:
+        return urlparse(self.prometheus_url).port or 9090
+
+
 class StackSettings(_Section):
     """The local development stack (`streamscore stack`): versions and the ports that are not in a URL."""
 
@@ -258,6 +307,8 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     training: TrainingSettings = TrainingSettings()
     inference: InferenceSettings = InferenceSettings()
+    retrain: RetrainSettings = RetrainSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     schema_registry_url: str | None = Field(
         None, description="Confluent-compatible registry; unset = Avro single-object encoding"
     )
@@ -269,7 +320,9 @@ class Settings(BaseSettings):
         default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache"),
         description="Downloaded Kafka jars (default ~/.cache/streamscore)",
     )
-    metrics_port: int = Field(9300, ge=0, lt=65536, description="Prometheus /metrics port; 0 = off")
+    metrics_port: int = Field(
+        9300, ge=0, lt=65536, description="Prometheus /metrics port; 0 = off; taken, the next free one above it"
+    )
     metrics_host: str = Field(
         "127.0.0.1", description="Address /metrics listens on (0.0.0.0 in a container, for Prometheus to reach it)"
     )

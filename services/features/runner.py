@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 
 import faust
-from prometheus_client import start_http_server
 
 from services.features import load_plans, rules_for
 from services.features.app import build_app
 from services.kafka import ensure_topics
+from services.monitoring.exporter import serve_metrics
 from services.settings import Settings
 
 __all__ = ["run_processor"]
@@ -22,9 +22,7 @@ def run_processor(settings: Settings) -> None:
     ensure_topics(settings)
     plans = load_plans(settings)
     app, processor = build_app(settings, plans, rules_for(settings, plans))
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
-        log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
+    serve_metrics(settings, "features")
     log.info(
         "feature processor: views %s, group %s, snapshots in %s",
         ", ".join(p.name for p in plans), settings.features.group_id, processor.snapshots.directory,

@@ -431,12 +431,11 @@ class InferenceWorker:
 
 
 def run_workers(settings: Settings) -> None:
-    """`streamscore inference run` with one worker in this process (metrics on settings.metrics_port)."""
-    from prometheus_client import start_http_server
+    """`streamscore inference run` with one worker in this process (metrics from settings.metrics_port up)."""
+    from services.monitoring.exporter import serve_metrics
 
     ensure_topics(settings)
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    serve_metrics(settings, "inference")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
