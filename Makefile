@@ -6,16 +6,22 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := default-jre-headless maven redis-server
 PYTEST_ARGS ?=
+# make loadtest: Locust users, total score requests per second, how long, where the CSV/HTML reports go.
+USERS ?= 20
+RATE ?= 200
+DURATION ?= 60s
+OUT ?= loadtest/results
+CLASSES ?= ScoreRequestUser
 
-.PHONY: help install system-deps venv jars up down status test lint fmt demo bench clean
+.PHONY: help install system-deps venv jars up down status test lint fmt demo bench loadtest clean
 
 help:
 	@echo "make install  - Debian packages, .venv with streamscore[dev], Kafka jars"
-	@echo "make up/down  - start/stop the local Kafka + Redis (data kept; 'make down WIPE=1' deletes it)"
+	@echo "make up/down  - start/stop the local Kafka + Redis + Prometheus (data kept; 'make down WIPE=1' deletes it)"
 	@echo "make test     - install, then the whole test suite against a real broker and Redis"
-	@echo "make demo     - install, start the stack, then history -> backfill -> stream processor -> Feast reads"
+	@echo "make demo     - install, start the stack, then the whole loop: history -> train -> serve -> drift -> retrain"
+	@echo "make loadtest - Locust through Kafka against running workers (USERS, RATE, DURATION)"
 	@echo "make lint     - ruff + mypy"
 	@echo "make bench    - benchmarks (results to paste into BENCHMARKS.md)"
 
@@ -27,6 +33,7 @@ system-deps:
 	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
@@ -70,6 +77,13 @@ fmt: venv
 demo: up
 	$(BIN)/streamscore demo
 	@echo "The stack is still running: 'make status' to look, 'make down' to stop it."
+
+# Against running workers (`make up`, then `streamscore inference run`); each user waits for its prediction,
+# so USERS should be about RATE/10. CLASSES="ScoreRequestUser TransactionUser" adds raw transactions.
+loadtest: venv
+	$(BIN)/locust -f loadtest/locustfile.py --headless -u $(USERS) -r $(USERS) -t $(DURATION) --rate $(RATE) \
+	  --csv $(OUT)/locust --html $(OUT)/locust.html --only-summary $(CLASSES)
+	@echo "reports: $(OUT)/locust_stats.csv, $(OUT)/locust.html"
 
 bench: install
 	$(BIN)/python -m tests.benchmarks

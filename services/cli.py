@@ -69,7 +69,8 @@ def _load(ctx: typer.Context) -> None:
     )
     fmt = "%(name)s: %(message)s" if err_console.is_terminal else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=settings.log_level, format=fmt, handlers=[handler])
-    logging.getLogger("feast").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    for noisy in ("feast", "httpx"):  # httpx logs every request (Prometheus, MLflow) at INFO
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
     ctx.obj = settings
 
 
@@ -183,12 +184,17 @@ def config_table() -> None:
 def demo(
     ctx: typer.Context,
     history: Annotated[int, typer.Option(min=1000, help="Historical events to generate.")] = 100_000,
-    live: Annotated[int, typer.Option(min=100, help="Live events sent while the processor runs.")] = 10_000,
+    live: Annotated[int, typer.Option(min=100, help="Live events before the drift.")] = 5_000,
+    drifted: Annotated[
+        int, typer.Option(min=1000, help="Drifted live events (the retrain learns from them).")
+    ] = 40_000,
+    after: Annotated[int, typer.Option(min=100, help="Drifted live events after the retrain.")] = 10_000,
 ) -> None:
-    """The pipeline end to end on the running stack: Avro round trip, history, backfill, stream, Feast reads."""
+    """The whole loop on the running stack: history, backfill, train, serve, drift, retrain, promote, report."""
     from services.demo import run_demo
 
-    run_demo(_settings(ctx), console=console, history_events=history, live_events=live)
+    run_demo(_settings(ctx), console=console, history_events=history, live_events=live, drifted_events=drifted,
+             after_events=after)  # fmt: skip
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -530,8 +536,73 @@ def inference_run(
     _spawn_workers(settings, workers)
 
 
+@app.command("top")
+def top(
+    ctx: typer.Context,
+    refresh: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes.")] = 2.0,
+    once: Annotated[bool, typer.Option(help="Print one frame and exit.")] = False,
+    png: Annotated[Path | None, typer.Option(help="Write one frame as a PNG image (implies --once).")] = None,
+    width: Annotated[int, typer.Option(min=60, help="Columns of the --png frame.")] = 110,
+    as_json: JsonFlag = False,
+) -> None:
+    """Live view of every service, read from Prometheus: throughput, lag, latency, freshness, drift, model."""
+    from services.monitoring.top import run_top
+
+    run_top(_settings(ctx), refresh, once, png=png, as_json=as_json, width=width)
+
+
+@app.command("report")
+def report(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="HTML file to write (the figure also goes to a .png beside it).")] = Path(
+        "streamscore-report.html"
+    ),
+    since: Annotated[str | None, typer.Option(help="How far back, e.g. 30m, 1h, 2d (default: the last hour).")] = None,
+    start: Annotated[datetime | None, typer.Option(help="First instant (UTC); instead of --since.")] = None,
+    end: Annotated[datetime | None, typer.Option(help="Last instant (UTC); default now.")] = None,
+) -> None:
+    """An HTML report with plots: throughput, latency, freshness, drift per feature, retrains marked."""
+    from services.monitoring.report import build_report, figure_path, parse_since
+
+    if since is not None:
+        if start is not None:
+            raise typer.BadParameter("give --since or --start, not both")
+        start = datetime.now(tz=UTC) - parse_since(since)
+    path = build_report(_settings(ctx), out, _utc(start), _utc(end))
+    console.print(f"wrote {path} and {figure_path(path)}")
+
+
+@app.command("retrain-on-drift")
+def retrain_on_drift(
+    ctx: typer.Context,
+    min_reports: Annotated[int | None, typer.Option(min=1, help="Drifted reports in a row that trigger.")] = None,
+    window_h: Annotated[float | None, typer.Option(min=0.001, help="Hours of recent event time to train on.")] = None,
+) -> None:
+    """Watch the drift topic; on persistent drift retrain on the recent window, gate, promote (until Ctrl-C)."""
+    from services.retrain import run_retrainer
+
+    settings = _settings(ctx)
+    updates = {k: v for k, v in {"min_reports": min_reports, "window_h": window_h}.items() if v is not None}
+    run_retrainer(settings.model_copy(update={"retrain": settings.retrain.model_copy(update=updates)}))
+
+
+@models_app.command("decisions")
+def models_decisions(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """What continuous training decided: each trigger and how it ended (from MLflow)."""
+    from services.retrain import decisions
+
+    found = decisions(_settings(ctx))
+    if as_json:
+        _print_json([{**d.__dict__, "time": d.time.isoformat()} for d in found])
+        return
+    table = Table("time (UTC)", "step", "version", "detail")
+    for d in found:
+        table.add_row(f"{d.time:%Y-%m-%d %H:%M:%S}", d.kind, "" if d.version is None else f"v{d.version}", d.detail)
+    console.print(table if found else "no retrain decisions yet (`streamscore retrain-on-drift` records them)")
+
+
 def _spawn_workers(settings: Settings, workers: int) -> None:
-    """N single-worker processes, each with its own metrics port (metrics_port + i); SIGTERM reaches all."""
+    """N single-worker processes (each serves metrics on the next free port); SIGTERM reaches all."""
     import os
     import signal
     import subprocess
@@ -542,7 +613,6 @@ def _spawn_workers(settings: Settings, workers: int) -> None:
     for i in range(workers):
         env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
         env.update(settings_env(settings))
-        env["STREAMSCORE_METRICS_PORT"] = str(settings.metrics_port + i if settings.metrics_port else 0)
         if settings.inference.instance_id:  # one name per process: two with the same one would fence each other
             env["STREAMSCORE_INFERENCE__INSTANCE_ID"] = f"{settings.inference.instance_id}-{i}"
         procs.append(subprocess.Popen([sys.executable, "-m", "services", "inference", "run"], env=env))

@@ -286,6 +286,7 @@ class StackSettings(_Section):
     kafka_controller_port: int = Field(9093, gt=0, lt=65536, description="KRaft controller listener port")
     kafka_heap: str = Field("512m", pattern=r"^\d+[mg]$", description="Broker JVM heap (-Xmx)")
     start_timeout_s: float = Field(60.0, gt=0, description="How long `stack up` waits for health")
+    prometheus: bool = Field(True, description="`stack up` also runs Prometheus (monitoring.prometheus_url)")
 
 
 class Settings(BaseSettings):

@@ -35,6 +35,7 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
         "stack": {"kafka_controller_port": controller_port, "kafka_heap": "384m"},
         "data_dir": data_dir,
         "metrics_port": 0,
+        "monitoring": {"prometheus_url": f"http://127.0.0.1:{free_port()}", "scrape_interval_s": 1.0},
     }
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]

@@ -39,6 +39,11 @@ EXPECTED = {
         "GateReport", "TrainResult", "TrainingDataError", "TrainingSet", "build_training_set", "decide", "evaluate",
         "service_features", "train",
     },
+    "services.monitoring": {"Prometheus", "PrometheusError", "serve_metrics"},
+    "services.retrain": {
+        "Decision", "DriftPolicy", "RecentWindow", "RetrainOutcome", "Retrainer", "Trigger", "WindowError",
+        "decisions", "export_window", "retrain_now", "run_retrainer",
+    },
 }  # fmt: skip
 
 

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,9 +176,28 @@ def _faust_broker(settings: Settings) -> dict[str, Any]:
     return {"broker": [f"kafka://{a.strip()}" for a in settings.kafka.bootstrap_servers.split(",")]}
 
 
+class _FeatureApp(faust.App):
+    """A clean stop ends with a snapshot, so a restart resumes exactly there.
+
+    faust's stop waits until every message a stream has taken is acknowledged (``stream_wait_empty``), but
+    ours are acknowledged only once a snapshot holds them, and the snapshot timer stops first: the wait never
+    ended. So the stop takes the last snapshot and acknowledges what it holds itself, then lets faust commit
+    the acknowledged offsets without waiting for events still in stream buffers: those were not applied,
+    and a restart reads them again.
+    """
+
+    final_snapshot: Callable[[], Awaitable[None]] | None = None
+
+    async def on_stop(self) -> None:
+        if self.final_snapshot is not None:
+            await self.final_snapshot()
+        self.conf.stream_wait_empty = False
+        await super().on_stop()
+
+
 def build_app(settings: Settings, plans: Sequence[ViewPlan], rules: EventRules) -> tuple[faust.App, FeatureProcessor]:
     f = settings.features
-    app = faust.App(
+    app = _FeatureApp(
         f.group_id,
         **_faust_broker(settings),
         value_serializer="raw",
@@ -225,11 +244,16 @@ def build_app(settings: Settings, plans: Sequence[ViewPlan], rules: EventRules) 
         processor.rekey.name: settings.topics.transactions_by_merchant,
     }
 
-    @app.timer(f.snapshot_interval_s)  # type: ignore[untyped-decorator]
-    async def snapshot_then_ack() -> None:
+    async def snapshot_and_ack() -> None:
         async with processor.lock:
             await asyncio.get_running_loop().run_in_executor(None, processor.snapshot)
             await processor.ack_all()
+
+    app.final_snapshot = snapshot_and_ack
+
+    @app.timer(f.snapshot_interval_s)  # type: ignore[untyped-decorator]
+    async def snapshot_then_ack() -> None:
+        await snapshot_and_ack()
         for (stage, partition), state in list(processor.states.items()):
             high = app.consumer.highwater(TP(topic_of[stage], partition))
             if high is not None:

@@ -368,6 +368,25 @@ class Registry:
             raise
         self._call("end the run", lambda: client.set_terminated(run_id, status="FINISHED"))
 
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Tags on a run of this model's experiment (what a decision concluded, after it started)."""
+        client = self._client
+        with self._errors(f"tag run {run_id}"):
+            for key, value in tags.items():
+                client.set_tag(run_id, key, value)
+
+    def runs(self, tags: dict[str, str], *, max_results: int = 1000) -> builtins.list[Any]:
+        """Runs of this model's experiment carrying every given tag value, oldest first."""
+        experiment_id = self._experiment_id()
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        found = self._call(
+            "search runs",
+            lambda: self._client.search_runs(
+                [experiment_id], filter_string=query, max_results=max_results, order_by=["attributes.start_time ASC"]
+            ),
+        )
+        return list(found)
+
     def log_candidate(
         self,
         run_id: str,

@@ -1,5 +1,10 @@
-"""Operating the pipeline: metrics endpoints, the local Prometheus, `top`, reports and dashboards."""
+"""Operating the pipeline: metrics endpoints, the Prometheus client behind `top` and `report`, dashboards.
+
+Kept light on purpose: every service imports :func:`serve_metrics`; `top` (rich) and `report` (matplotlib,
+MLflow) are imported by their commands from their own modules.
+"""
 
 from services.monitoring.exporter import serve_metrics
+from services.monitoring.prom import Prometheus, PrometheusError
 
-__all__ = ["serve_metrics"]
+__all__ = ["Prometheus", "PrometheusError", "serve_metrics"]

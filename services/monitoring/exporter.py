@@ -4,7 +4,7 @@ Several services (a feature processor, N inference workers, the retrainer) run o
 per service would collide: each takes the first free port from ``metrics_port`` up and writes a Prometheus
 ``file_sd`` target file naming it under ``data_dir/prometheus/targets``. Prometheus rereads that directory
 by itself, so a service is scraped from its start and dropped at its clean exit; a target file left by a
-killed process is removed by the next service that registers (its pid is gone).
+killed process is removed by the next service that registers on the same host (its pid is gone).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from prometheus_client import start_http_server
 
 from services.settings import Settings
 
-__all__ = ["PORT_RANGE", "serve_metrics", "targets_dir"]
+__all__ = ["PORT_RANGE", "serve_metrics", "target_path", "targets_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,12 @@ PORT_RANGE = 64  # ports tried from metrics_port up
 
 def targets_dir(settings: Settings) -> Path:
     return settings.data_dir / "prometheus" / "targets"
+
+
+def target_path(settings: Settings, service: str, pid: int, host: str | None = None) -> Path:
+    """The target file of ``service``'s process ``pid`` on ``host`` (default: this host)."""
+    # Named by host too: processes in containers sharing a data volume are all pid 1.
+    return targets_dir(settings) / f"{service}@{host or socket.gethostname()}@{pid}.json"
 
 
 def _alive(pid: int) -> bool:
@@ -42,20 +48,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _prune(directory: Path) -> None:
-    """Drop the target files of processes that are gone (killed without their atexit)."""
-    for path in directory.glob("*.json"):
+def _prune(directory: Path, host: str) -> None:
+    """Drop the target files of this host's processes that are gone (killed without their atexit)."""
+    for path in directory.glob(f"*@{host}@*.json"):
         with contextlib.suppress(ValueError, OSError):
-            if not _alive(int(path.stem.rsplit("-", 1)[1])):
+            if not _alive(int(path.stem.rsplit("@", 1)[1])):
                 path.unlink(missing_ok=True)
 
 
 def _register(settings: Settings, service: str, port: int) -> Path:
     directory = targets_dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
-    _prune(directory)
+    _prune(directory, socket.gethostname())
     host = "127.0.0.1" if settings.metrics_host in ("0.0.0.0", "::", "") else settings.metrics_host
-    path = directory / f"{service}-{os.getpid()}.json"
+    path = target_path(settings, service, os.getpid())
     target = [{"targets": [f"{host}:{port}"], "labels": {"service": service, "pid": str(os.getpid())}}]
     partial = path.with_suffix(".tmp")  # Prometheus watches *.json: it must never see half a file
     partial.write_text(json.dumps(target))
@@ -79,9 +85,3 @@ def serve_metrics(settings: Settings, service: str) -> int | None:
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
         return port
     raise OSError(f"no free metrics port in {settings.metrics_port}..{settings.metrics_port + PORT_RANGE - 1}: {last}")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])

@@ -14,7 +14,9 @@ from abc import ABC, abstractmethod
 from importlib import resources
 from pathlib import Path
 
+import httpx
 import redis
+import yaml
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
@@ -22,7 +24,7 @@ from services.errors import StreamscoreError
 from services.kafka.config import admin_config
 from services.settings import Settings
 
-__all__ = ["Component", "KafkaComponent", "RedisComponent", "StackError"]
+__all__ = ["Component", "KafkaComponent", "PrometheusComponent", "RedisComponent", "StackError"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -271,3 +273,77 @@ class RedisComponent(Component):
                 return str(client.info("server").get("redis_version", "unknown"))
         except redis.RedisError:
             return None
+
+
+class PrometheusComponent(Component):
+    """Prometheus from Debian's package, scraping every streamscore service on this host.
+
+    Services are not listed in the config: each one writes a ``file_sd`` target file when its /metrics
+    server starts (``services.monitoring.exporter``), and Prometheus watches that directory, so a service
+    started later, a second worker on the next free port, or the retrainer is scraped without a restart.
+    """
+
+    name = "prometheus"
+
+    @property
+    def address(self) -> str:
+        m = self.settings.monitoring
+        return f"{m.prometheus_host}:{m.prometheus_port}"
+
+    @property
+    def version(self) -> str:
+        binary = _require_tool("prometheus", "install it (`make install` does: apt-get install prometheus)")
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+        words = (out.stdout + out.stderr).split()
+        return words[words.index("version") + 1].split("+")[0] if "version" in words else "unknown"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "prometheus.yml"
+
+    def scrape_config(self) -> dict[str, object]:
+        from services.monitoring.exporter import targets_dir
+
+        interval = f"{self.settings.monitoring.scrape_interval_s:g}s"
+        return {
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "scrape_configs": [
+                {
+                    "job_name": "streamscore",
+                    "file_sd_configs": [
+                        {"files": [str(targets_dir(self.settings) / "*.json")], "refresh_interval": interval}
+                    ],
+                },
+                {"job_name": "prometheus", "static_configs": [{"targets": [self.address]}]},
+            ],
+        }
+
+    def prepare(self) -> None:
+        from services.monitoring.exporter import targets_dir
+
+        self.check_local(self.settings.monitoring.prometheus_host)
+        _require_tool("prometheus", "install it (`make install` does: apt-get install prometheus)")
+        (self.root / "data").mkdir(parents=True, exist_ok=True)
+        targets_dir(self.settings).mkdir(parents=True, exist_ok=True)
+        self.config.write_text(yaml.safe_dump(self.scrape_config(), sort_keys=False))
+
+    def argv(self) -> list[str]:
+        return [
+            _require_tool("prometheus", "install it"),
+            f"--config.file={self.config}",
+            f"--storage.tsdb.path={self.root / 'data'}",
+            f"--storage.tsdb.retention.time={self.settings.monitoring.retention}",
+            f"--web.listen-address={self.address}",
+            "--web.enable-lifecycle",
+        ]
+
+    def probe(self, timeout_s: float) -> str | None:
+        url = self.settings.monitoring.prometheus_url
+        try:
+            ready = httpx.get(f"{url}/-/ready", timeout=timeout_s)
+            if ready.status_code != 200:
+                return None
+            info = httpx.get(f"{url}/api/v1/status/buildinfo", timeout=timeout_s).json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        return str(info.get("data", {}).get("version", "unknown"))

@@ -1,4 +1,4 @@
-"""`streamscore stack up|down|status`: the local Kafka + Redis, started and stopped idempotently."""
+"""`streamscore stack up|down|status`: the local Kafka, Redis and Prometheus, started and stopped idempotently."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from services.settings import Settings
-from services.stack.components import Component, KafkaComponent, RedisComponent, StackError
+from services.stack.components import Component, KafkaComponent, PrometheusComponent, RedisComponent, StackError
 from services.stack.process import ManagedProcess
 
 __all__ = ["ComponentStatus", "Stack"]
@@ -37,6 +37,8 @@ class Stack:
     def __init__(self, settings: Settings, *, on_event: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.components: list[Component] = [KafkaComponent(settings), RedisComponent(settings)]
+        if settings.stack.prometheus:
+            self.components.append(PrometheusComponent(settings))
         self.run_dir = settings.data_dir / "run"
         self._say = on_event or (lambda _msg: None)
 

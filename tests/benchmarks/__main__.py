@@ -1,7 +1,8 @@
 """Run the benchmarks and print Markdown for BENCHMARKS.md (machine and date included).
 
 ``python -m tests.benchmarks`` runs every module; arguments select some (``features``, ``serde``, ``models``,
-``reader``, ``inference``), and ``features:profile,backfill`` runs only those parts of the feature benchmarks.
+``reader``, ``inference``, ``locust``), and ``features:profile,backfill`` runs only those parts of the feature
+benchmarks.
 Progress goes to stderr, the Markdown to stdout.
 """
 
@@ -46,8 +47,15 @@ def _inference(parts: list[str] | None) -> str:
     return bench_inference.run(parts)
 
 
+def _locust(parts: list[str] | None) -> str:
+    from tests.benchmarks import bench_locust
+
+    return bench_locust.run(parts)
+
+
 MODULES: dict[str, Callable[[list[str] | None], str]] = {
-    "serde": _serde, "features": _features, "models": _models, "reader": _reader, "inference": _inference
+    "serde": _serde, "features": _features, "models": _models, "reader": _reader, "inference": _inference,
+    "locust": _locust,
 }  # fmt: skip
 
 

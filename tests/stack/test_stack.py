@@ -24,12 +24,13 @@ def _cli_env(stack: Stack) -> dict[str, str]:
         "STREAMSCORE_REDIS__URL": s.redis.url,
         "STREAMSCORE_STACK__KAFKA_CONTROLLER_PORT": str(s.stack.kafka_controller_port),
         "STREAMSCORE_DATA_DIR": str(s.data_dir),
+        "STREAMSCORE_MONITORING__PROMETHEUS_URL": s.monitoring.prometheus_url,
     }
 
 
 def test_up_twice_finds_what_runs(stack: Stack) -> None:
     again = stack.up()
-    assert [(s.name, s.state) for s in again] == [("kafka", "running"), ("redis", "running")]
+    assert [(s.name, s.state) for s in again] == [("kafka", "running"), ("redis", "running"), ("prometheus", "running")]
     pids = {s.name: s.pid for s in stack.status()}
     assert {s.name: s.pid for s in again} == pids
 
@@ -40,7 +41,7 @@ def test_status_json_is_well_formed(stack: Stack) -> None:
         env=_cli_env(stack), capture_output=True, text=True, cwd=ROOT, check=True,
     )  # fmt: skip
     rows = json.loads(proc.stdout)
-    assert [r["name"] for r in rows] == ["kafka", "redis"]
+    assert [r["name"] for r in rows] == ["kafka", "redis", "prometheus"]
     for row in rows:
         assert set(row) == {"name", "state", "address", "version", "pid", "log"}
         assert row["state"] == "running"
@@ -49,6 +50,7 @@ def test_status_json_is_well_formed(stack: Stack) -> None:
         assert row["address"].startswith("127.0.0.1:")
     assert rows[0]["version"] == stack.settings.stack.kafka_version
     assert rows[1]["version"].count(".") == 2
+    assert rows[2]["version"].count(".") == 2
 
 
 def test_down_of_another_stack_leaves_ours_alone(stack: Stack, tmp_path: Path) -> None:
@@ -56,8 +58,10 @@ def test_down_of_another_stack_leaves_ours_alone(stack: Stack, tmp_path: Path) -
     other = Stack(stack.settings.model_copy(update={"data_dir": tmp_path}))
     assert {s.state for s in other.status()} == {"external"}
     assert other.up()[0].state == "external"
-    assert other.down() == [("redis", "not running (ours)"), ("kafka", "not running (ours)")]
-    assert [s.state for s in stack.status()] == ["running", "running"]
+    assert other.down() == [
+        ("prometheus", "not running (ours)"), ("redis", "not running (ours)"), ("kafka", "not running (ours)")
+    ]  # fmt: skip
+    assert [s.state for s in stack.status()] == ["running", "running", "running"]
 
 
 def test_pid_file_of_a_reused_pid_is_not_trusted(tmp_path: Path) -> None:

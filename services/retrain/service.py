@@ -1,0 +1,169 @@
+"""`streamscore retrain-on-drift`: drift reports in, retrained and gated champions out.
+
+The loop reads the drift topic as one consumer group, feeds each report to the :class:`DriftPolicy`, and on
+a trigger retrains in this process: the recent window is read back from the transactions log, backfilled
+into the offline tables with the same feature definitions, and handed to ``streamscore train``, whose gate
+decides the promotion. Workers hot-reload a new champion by themselves. Each retrain is an MLflow run in
+the model's experiment (see :mod:`services.retrain.history`) and every step is counted in metrics.
+
+Offsets are committed after the reports are taken into account, a triggered retrain included, so a crash
+mid-retrain replays its reports and retrains again rather than forgetting the drift. A report that does not
+decode goes to the dead-letter topic. A new group starts at the newest report: older ones describe a past
+it should not act on now.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from services.errors import StreamscoreError
+from services.kafka import Consumer, DeadLetterPublisher, Producer, ensure_topics
+from services.models.registry import Registry
+from services.retrain.history import KIND_TAG
+from services.retrain.metrics import DECISIONS, LAST_DECISION, STREAK
+from services.retrain.policy import DriftPolicy, Trigger
+from services.retrain.window import export_window
+from services.serde import Serde, SerdeError
+from services.settings import Settings
+
+__all__ = ["RetrainOutcome", "Retrainer", "retrain_now", "run_retrainer"]
+
+log = logging.getLogger(__name__)
+
+_CHAMPION_TTL_S = 5.0  # the champion alias is re-read at most this often
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    outcome: str  # promoted | rejected | failed
+    version: int | None
+    detail: str
+    seconds: float
+
+
+def _count(decision: str) -> None:
+    DECISIONS.labels(decision).inc()
+    LAST_DECISION.labels(decision).set(time.time())
+
+
+def retrain_now(settings: Settings, reason: str) -> RetrainOutcome:
+    """One retrain on the recent window, recorded as an MLflow run; never raises for a failed retrain."""
+    from services.features import backfill, load_plans, rules_for
+    from services.training import train
+
+    registry = Registry(settings)
+    started = time.monotonic()
+    _count("triggered")
+    log.info("retraining: %s", reason)
+    stamp = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%S")
+    with registry.start_run(f"retrain-{stamp}", tags={**KIND_TAG, "streamscore.trigger": reason}) as run_id:
+        try:
+            window = export_window(settings, settings.data_dir / "retrain" / f"{stamp}.parquet")
+            log.info("window %s .. %s: %d transactions (%d frauds in the window)",
+                     window.start.isoformat(), window.end.isoformat(), window.rows, window.frauds)  # fmt: skip
+            plans = load_plans(settings)
+            backfill(window.path, plans, settings.data_dir / "offline", start=window.warmup_start, end=window.end,
+                     rules=rules_for(settings, plans))  # fmt: skip
+            result = train(settings, events=window.path, start=window.start, end=window.end,
+                           kind=settings.retrain.model, seed=0)  # fmt: skip
+        except Exception as exc:  # a failed retrain is recorded and reported; the service keeps watching
+            if not isinstance(exc, StreamscoreError):
+                log.exception("retrain failed")
+            outcome = RetrainOutcome("failed", None, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
+        else:
+            outcome = RetrainOutcome(
+                "promoted" if result.promoted else "rejected", result.version, "; ".join(result.gate.reasons),
+                time.monotonic() - started,
+            )  # fmt: skip
+        registry.set_tags(
+            run_id,
+            {"streamscore.outcome": outcome.outcome, "streamscore.detail": outcome.detail[:4000],
+             **({"streamscore.version": str(outcome.version)} if outcome.version is not None else {})},
+        )  # fmt: skip
+    _count(outcome.outcome)
+    log.info("retrain %s%s in %.0fs: %s", outcome.outcome,
+             f" (v{outcome.version})" if outcome.version else "", outcome.seconds, outcome.detail)  # fmt: skip
+    return outcome
+
+
+class Retrainer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.policy = DriftPolicy(settings.retrain)
+        self.registry = Registry(settings)
+        self.serde = Serde("drift_report", registry_url=settings.schema_registry_url,
+                           subject=f"{settings.topics.drift}-value")  # fmt: skip
+        # A retrain can take longer than librdkafka's default 5 min between polls: do not leave the group.
+        self.consumer = Consumer(
+            settings.kafka, settings.retrain.group_id, [settings.topics.drift], client_suffix="retrain",
+            **{"auto.offset.reset": "latest", "max.poll.interval.ms": 6 * 3600 * 1000},
+        )  # fmt: skip
+        self.producer = Producer(settings.kafka, client_suffix="retrain")
+        self.dead_letters = DeadLetterPublisher(self.producer, settings.topics.dead_letters, stage="retrain")
+        self.outcomes: list[RetrainOutcome] = []
+        self._stop = threading.Event()
+        self._champion: tuple[float, str | None] = (float("-inf"), None)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def champion(self) -> str | None:
+        read_at, version = self._champion
+        if time.monotonic() - read_at > _CHAMPION_TTL_S:
+            info = self.registry.champion()
+            version = None if info is None else str(info.version)
+            self._champion = (time.monotonic(), version)
+        return version
+
+    def step(self, timeout_s: float = 0.5) -> Trigger | None:
+        """One poll: reports through the policy, a retrain if one triggers, then the offsets committed."""
+        messages = self.consumer.poll_batch(500, timeout_s)
+        trigger = None
+        for msg in messages:
+            try:
+                report: dict[str, Any] = self.serde.decode(msg.value() or b"")
+            except SerdeError as exc:
+                self.dead_letters.publish(msg, exc.reason, exc)
+                continue
+            trigger = self.policy.observe(report, self.champion(), time.monotonic()) or trigger
+            STREAK.set(self.policy.streak)
+        if trigger is not None:
+            self.outcomes.append(retrain_now(self.settings, trigger.describe()))
+            self.policy.cooldown(time.monotonic())
+            self._champion = (float("-inf"), None)
+            STREAK.set(0)
+        if messages:
+            self.producer.flush()  # dead letters acknowledged before their offsets are committed
+            self.consumer.commit(messages)
+        return trigger
+
+    def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.step()
+        finally:
+            self.consumer.close()
+            self.producer.flush()
+
+
+def run_retrainer(settings: Settings) -> None:
+    """Blocks until SIGINT/SIGTERM (a retrain in progress finishes first)."""
+    from services.monitoring.exporter import serve_metrics
+
+    ensure_topics(settings)
+    for decision in ("triggered", "promoted", "rejected", "failed"):  # 0, not "no data", until the first one
+        DECISIONS.labels(decision)
+    serve_metrics(settings, "retrain")
+    retrainer = Retrainer(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: retrainer.stop())
+    policy = settings.retrain
+    log.info("watching %s: retrain after %d drifted reports in a row (%d+ inputs each), cooldown %.0fs",
+             settings.topics.drift, policy.min_reports, policy.min_drifted_features, policy.cooldown_s)  # fmt: skip
+    retrainer.run()

@@ -1,0 +1,73 @@
+"""The recent window read back from the transactions log: the event-time cut, arrival order, the warm-up."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from services.generator import GeneratorConfig, generate, generate_frame, produce_to_kafka
+from services.kafka import Producer
+from services.retrain import WindowError, export_window
+from services.serde import Serde
+from services.settings import Settings
+from tests.kafka.helpers import create_topic
+
+pytestmark = pytest.mark.integration
+
+
+def _settings(settings: Settings, window_h: float, warmup_h: float) -> Settings:
+    topic = f"tx-{uuid.uuid4().hex[:8]}"
+    create_topic(settings, topic, 3)
+    return settings.model_copy(
+        update={
+            "topics": settings.topics.model_copy(update={"transactions": topic}),
+            "retrain": settings.retrain.model_copy(update={"window_h": window_h, "warmup_h": warmup_h}),
+        }
+    )
+
+
+def test_the_window_ends_at_the_newest_transaction_and_keeps_its_warmup(settings: Settings, tmp_path: Path) -> None:
+    s = _settings(settings, window_h=2.0, warmup_h=1.0)
+    config = GeneratorConfig(events=3000, rate=0.2, seed=4, start=datetime.now(tz=UTC) - timedelta(hours=5))
+    produce_to_kafka(config, s)
+    producer = Producer(s.kafka)
+    producer.send(s.topics.transactions, b"not avro", key="u1")  # skipped and counted, not fatal
+    # Newer but unlabelled: nothing to learn from yet, so the window must end before it.
+    unlabelled = {**generate(config).__next__()[0], "event_id": "unlabelled", "is_fraud": None,
+                  "event_time": datetime.now(tz=UTC)}  # fmt: skip
+    producer.send(s.topics.transactions, Serde("transaction").encode(unlabelled), key=unlabelled["user_id"])
+    producer.flush()
+    window = export_window(s, tmp_path / "w.parquet")
+
+    expected = generate_frame(config)
+    newest = expected["event_time"].max().to_pydatetime()
+    assert window.end == newest + timedelta(milliseconds=1)
+    assert window.start == window.end - timedelta(hours=2)
+    assert window.warmup_start == window.start - timedelta(hours=1)
+    kept = expected[expected["event_time"] >= window.warmup_start]
+    table = pq.read_table(window.path).to_pandas()
+    assert window.rows == len(table) == len(kept) + 1  # the unlabelled one is newer than the window's start
+    assert set(table["event_id"]) == {*kept["event_id"], "unlabelled"}
+    assert window.undecodable == 1
+    in_window = kept[kept["event_time"] >= window.start]
+    assert window.frauds == int(in_window["is_fraud"].sum())
+    # Arrival order survives per user (each user's events live in one partition, in the order sent).
+    for _, group in table.groupby("user_id"):
+        sent = [
+            *kept[kept["event_id"].isin(group["event_id"])]["event_id"],
+            *(["unlabelled"] * ("unlabelled" in set(group["event_id"]))),
+        ]
+        assert group["event_id"].tolist() == sent
+
+
+def test_nothing_recent_is_a_clear_error(settings: Settings, tmp_path: Path) -> None:
+    s = _settings(settings, window_h=1.0, warmup_h=0.0)
+    config = GeneratorConfig(events=10, rate=1.0, seed=1, start=datetime.now(tz=UTC) - timedelta(hours=1))
+    produce_to_kafka(config, s)
+    with pytest.raises(WindowError, match="no transactions"):
+        export_window(s, tmp_path / "w.parquet", now_s=time.time() + 7200)  # all of it older than 1 h of wall time
