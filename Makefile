@@ -27,16 +27,21 @@ help:
 
 install: system-deps venv jars
 
-# Only what is missing; apt-get update runs once, and only if something must be installed.
+# Only what is missing; apt-get update runs once, and only if something must be installed. Debian starts its
+# own Prometheus service on :9090 where systemd runs: stopped, `stack up` runs ours with the generated config.
 system-deps:
 	@missing=""; \
 	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	  case "$$missing" in *prometheus*) \
+	    if [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now prometheus || true; fi;; \
+	  esac; \
 	fi
 
 venv: $(VENV)/.installed

@@ -90,6 +90,7 @@ class FeatureProcessor:
         self.states: dict[tuple[str, int], PartitionState] = {}
         self.pending: dict[str, _Pending] = {}
         self.lock = asyncio.Lock()
+        self.poisoned = False  # a batch failed midway: the worker stops, and no snapshot may follow
 
     def _state(self, stage: IngestStage | RekeyStage, partition: int) -> PartitionState:
         key = (stage.name, partition)
@@ -230,7 +231,12 @@ def build_app(settings: Settings, plans: Sequence[ViewPlan], rules: EventRules) 
             pending.stream = stream
             async for events in stream.noack_take(f.batch_size, within=within):
                 async with processor.lock:
-                    await asyncio.get_running_loop().run_in_executor(None, processor.handle, stage, events)
+                    try:
+                        await asyncio.get_running_loop().run_in_executor(None, processor.handle, stage, events)
+                    except BaseException:
+                        # The state may hold part of the batch: no snapshot may record it as applied.
+                        processor.poisoned = True
+                        raise
                     pending.events.extend(events)
 
         agent.__name__ = f"{stage.name.replace('-', '_')}_agent"
@@ -246,6 +252,8 @@ def build_app(settings: Settings, plans: Sequence[ViewPlan], rules: EventRules) 
 
     async def snapshot_and_ack() -> None:
         async with processor.lock:
+            if processor.poisoned:
+                return
             await asyncio.get_running_loop().run_in_executor(None, processor.snapshot)
             await processor.ack_all()
 
@@ -267,8 +275,9 @@ def build_app(settings: Settings, plans: Sequence[ViewPlan], rules: EventRules) 
         }
         keys = {(stage_of[tp.topic], tp.partition) for tp in revoked if tp.topic in stage_of}
         async with processor.lock:
-            processor.snapshot(keys)
-            await processor.ack_all()
+            if not processor.poisoned:
+                processor.snapshot(keys)
+                await processor.ack_all()
             processor.drop(keys)
 
     return app, processor

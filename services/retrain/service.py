@@ -6,10 +6,11 @@ into the offline tables with the same feature definitions, and handed to ``strea
 decides the promotion. Workers hot-reload a new champion by themselves. Each retrain is an MLflow run in
 the model's experiment (see :mod:`services.retrain.history`) and every step is counted in metrics.
 
-Offsets are committed after the reports are taken into account, a triggered retrain included, so a crash
-mid-retrain replays its reports and retrains again rather than forgetting the drift. A report that does not
-decode goes to the dead-letter topic. A new group starts at the newest report: older ones describe a past
-it should not act on now.
+Reports of an open streak are committed only once the streak ends (a quiet report, or the retrain it
+triggered finished), so a crash replays them and rebuilds the streak, and an interrupted retrain runs again
+rather than the drift being forgotten; the cooldown is not kept across restarts. A report that does not
+decode goes to the dead-letter topic. MLflow being down costs the record of a retrain, never the service.
+A new group starts at the newest report: older ones describe a past it should not act on now.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = ["RetrainOutcome", "Retrainer", "retrain_now", "run_retrainer"]
 log = logging.getLogger(__name__)
 
 _CHAMPION_TTL_S = 5.0  # the champion alias is re-read at most this often
+_MAX_HELD = 10_000  # reports held uncommitted for an open streak, at most (a worker gone mid-streak)
 
 
 @dataclass(frozen=True)
@@ -52,40 +54,46 @@ def _count(decision: str) -> None:
     LAST_DECISION.labels(decision).set(time.time())
 
 
-def retrain_now(settings: Settings, reason: str) -> RetrainOutcome:
-    """One retrain on the recent window, recorded as an MLflow run; never raises for a failed retrain."""
+def _retrain(settings: Settings, stamp: str) -> RetrainOutcome:
     from services.features import backfill, load_plans, rules_for
     from services.training import train
 
-    registry = Registry(settings)
     started = time.monotonic()
+    try:
+        window = export_window(settings, settings.data_dir / "retrain" / f"{stamp}.parquet")
+        log.info("window %s .. %s: %d transactions (%d frauds in the window)",
+                 window.start.isoformat(), window.end.isoformat(), window.rows, window.frauds)  # fmt: skip
+        plans = load_plans(settings)
+        backfill(window.path, plans, settings.data_dir / "offline", start=window.warmup_start, end=window.end,
+                 rules=rules_for(settings, plans))  # fmt: skip
+        result = train(settings, events=window.path, start=window.start, end=window.end,
+                       kind=settings.retrain.model, seed=0)  # fmt: skip
+    except Exception as exc:  # a failed retrain is recorded and reported; the service keeps watching
+        if not isinstance(exc, StreamscoreError):
+            log.exception("retrain failed")
+        return RetrainOutcome("failed", None, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
+    finally:
+        (settings.data_dir / "retrain" / f"{stamp}.parquet").unlink(missing_ok=True)
+    outcome = "promoted" if result.promoted else "rejected"
+    return RetrainOutcome(outcome, result.version, "; ".join(result.gate.reasons), time.monotonic() - started)
+
+
+def retrain_now(settings: Settings, reason: str) -> RetrainOutcome:
+    """One retrain on the recent window, recorded as an MLflow run; never raises for a failed retrain."""
+    registry = Registry(settings)
     _count("triggered")
     log.info("retraining: %s", reason)
     stamp = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%S")
-    with registry.start_run(f"retrain-{stamp}", tags={**KIND_TAG, "streamscore.trigger": reason}) as run_id:
-        try:
-            window = export_window(settings, settings.data_dir / "retrain" / f"{stamp}.parquet")
-            log.info("window %s .. %s: %d transactions (%d frauds in the window)",
-                     window.start.isoformat(), window.end.isoformat(), window.rows, window.frauds)  # fmt: skip
-            plans = load_plans(settings)
-            backfill(window.path, plans, settings.data_dir / "offline", start=window.warmup_start, end=window.end,
-                     rules=rules_for(settings, plans))  # fmt: skip
-            result = train(settings, events=window.path, start=window.start, end=window.end,
-                           kind=settings.retrain.model, seed=0)  # fmt: skip
-        except Exception as exc:  # a failed retrain is recorded and reported; the service keeps watching
-            if not isinstance(exc, StreamscoreError):
-                log.exception("retrain failed")
-            outcome = RetrainOutcome("failed", None, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
-        else:
-            outcome = RetrainOutcome(
-                "promoted" if result.promoted else "rejected", result.version, "; ".join(result.gate.reasons),
-                time.monotonic() - started,
-            )  # fmt: skip
-        registry.set_tags(
-            run_id,
-            {"streamscore.outcome": outcome.outcome, "streamscore.detail": outcome.detail[:4000],
-             **({"streamscore.version": str(outcome.version)} if outcome.version is not None else {})},
-        )  # fmt: skip
+    outcome: RetrainOutcome | None = None
+    try:
+        with registry.start_run(f"retrain-{stamp}", tags={**KIND_TAG, "streamscore.trigger": reason}) as run_id:
+            outcome = _retrain(settings, stamp)
+            version = {"streamscore.version": str(outcome.version)} if outcome.version is not None else {}
+            tags = {"streamscore.outcome": outcome.outcome, "streamscore.detail": outcome.detail[:4000], **version}
+            registry.set_tags(run_id, tags)
+    except StreamscoreError as exc:  # MLflow unreachable: the decision stands, its record is what failed
+        log.error("could not record the retrain in MLflow: %s", exc)
+        outcome = outcome or RetrainOutcome("failed", None, str(exc), 0.0)
     _count(outcome.outcome)
     log.info("retrain %s%s in %.0fs: %s", outcome.outcome,
              f" (v{outcome.version})" if outcome.version else "", outcome.seconds, outcome.detail)  # fmt: skip
@@ -107,6 +115,7 @@ class Retrainer:
         self.producer = Producer(settings.kafka, client_suffix="retrain")
         self.dead_letters = DeadLetterPublisher(self.producer, settings.topics.dead_letters, stage="retrain")
         self.outcomes: list[RetrainOutcome] = []
+        self._held: list[Any] = []  # polled, not yet committed
         self._stop = threading.Event()
         self._champion: tuple[float, str | None] = (float("-inf"), None)
 
@@ -116,13 +125,22 @@ class Retrainer:
     def champion(self) -> str | None:
         read_at, version = self._champion
         if time.monotonic() - read_at > _CHAMPION_TTL_S:
-            info = self.registry.champion()
+            try:
+                info = self.registry.champion()
+            except StreamscoreError as exc:  # MLflow down: judge by the last champion seen, ask again later
+                log.warning("registry unreachable, assuming the champion is still v%s: %s", version, exc)
+                self._champion = (time.monotonic(), version)
+                return version
             version = None if info is None else str(info.version)
             self._champion = (time.monotonic(), version)
         return version
 
     def step(self, timeout_s: float = 0.5) -> Trigger | None:
-        """One poll: reports through the policy, a retrain if one triggers, then the offsets committed."""
+        """One poll: reports through the policy, a retrain if one triggers, then the offsets committed.
+
+        While a streak is open its reports stay uncommitted, so a crash replays them and the streak is
+        rebuilt (a retrain it triggered, interrupted, runs again); they are committed once the streak ends.
+        """
         messages = self.consumer.poll_batch(500, timeout_s)
         trigger = None
         for msg in messages:
@@ -132,15 +150,16 @@ class Retrainer:
                 self.dead_letters.publish(msg, exc.reason, exc)
                 continue
             trigger = self.policy.observe(report, self.champion(), time.monotonic()) or trigger
-            STREAK.set(self.policy.streak)
+        self._held.extend(messages)
         if trigger is not None:
             self.outcomes.append(retrain_now(self.settings, trigger.describe()))
             self.policy.cooldown(time.monotonic())
             self._champion = (float("-inf"), None)
-            STREAK.set(0)
-        if messages:
+        STREAK.set(self.policy.streak)
+        if self._held and (self.policy.streak == 0 or len(self._held) >= _MAX_HELD):
             self.producer.flush()  # dead letters acknowledged before their offsets are committed
-            self.consumer.commit(messages)
+            self.consumer.commit(self._held)
+            self._held = []
         return trigger
 
     def run(self) -> None:

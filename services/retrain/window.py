@@ -2,16 +2,18 @@
 
 Retraining must learn from what the stream saw, after the drift, not from the history the champion was
 trained on; the transactions topic is that record (labels included). Its message timestamps are wall-clock
-append times, so the read starts at the first offset appended in the last ``window + warmup`` hours of wall
-time (event time never runs ahead of it) and the window is then cut in event time, ending at the newest
-*labelled* transaction (a label is what training needs; unlabelled ones are newer than any lesson). The
-warm-up before the window is replayed too, so the 24 h windows of its first rows are whole.
-Rows keep arrival order (per-partition order; partitions are keyed by user), which the backfill's lateness
-rules depend on.
+times of when each was produced, so the read starts at the first offset produced in the last ``window +
+warmup`` hours of wall time (event time never runs ahead of it) and the window is then cut in event time,
+ending at the newest *labelled* transaction (a label is what training needs; unlabelled ones are newer
+than any lesson). The warm-up before the window is replayed too, so the 24 h windows of its first rows are
+whole.
+Rows keep each partition's order: partitions are keyed by user, and the backfill's lateness rules compare
+each user's events in arrival order. The window is held in memory: about a kilobyte per transaction.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ __all__ = ["RecentWindow", "WindowError", "export_window"]
 
 Progress = Callable[[int, int], None]  # (messages read, messages to read)
 _IDLE_S = 5.0
+
+log = logging.getLogger(__name__)
 
 
 class WindowError(StreamscoreError):
@@ -57,8 +61,8 @@ def export_window(
     topic = settings.topics.transactions
     retrain = settings.retrain
     serde = Serde("transaction", registry_url=settings.schema_registry_url, subject=f"{topic}-value")
-    since_ms = int(((now_s or time.time()) - 3600 * (retrain.window_h + retrain.warmup_h)) * 1000)
-    rows: list[tuple[int, int, int, dict[str, object]]] = []
+    since_ms = int(((time.time() if now_s is None else now_s) - 3600 * (retrain.window_h + retrain.warmup_h)) * 1000)
+    rows: list[tuple[int, int, dict[str, object]]] = []
     with Consumer(settings.kafka, f"{retrain.group_id}-export", [], client_suffix="retrain-export") as consumer:
         meta = consumer.raw.list_topics(topic, timeout=10).topics[topic]
         if meta.error is not None:
@@ -76,27 +80,32 @@ def export_window(
         undecodable = 0
         idle_since = time.monotonic()
         # Control records (transaction markers) occupy offsets no message has: a partition can end short of
-        # its high watermark, so a read that has seen nothing for a while is complete.
+        # its high watermark, so a read that has seen nothing of what it waits for for a while is complete.
         while remaining and time.monotonic() - idle_since < _IDLE_S:
             for msg in consumer.poll_batch(5000, 0.5):
-                idle_since = time.monotonic()
                 partition, offset = msg.partition() or 0, msg.offset() or 0
-                if partition not in remaining or offset >= remaining[partition][1]:
+                if partition not in remaining:
                     continue
                 if offset + 1 >= remaining[partition][1]:
                     del remaining[partition]
+                    if offset >= todo[partition][1]:  # appended after the read began: not ours
+                        continue
+                idle_since = time.monotonic()
                 try:
                     record = serde.decode(msg.value() or b"")
                 except SerdeError:
                     undecodable += 1  # the processor dead-letters these; they are not training data either
                     continue
-                rows.append((msg.timestamp()[1], partition, offset, record))
+                rows.append((partition, offset, record))
             if progress is not None:
                 progress(total - sum(hi - lo for lo, hi in remaining.values()), total)
+        if remaining:
+            log.warning("read of %s stopped short of the end of partitions %s (nothing more came for %.0fs)",
+                        topic, sorted(remaining), _IDLE_S)  # fmt: skip
     if not rows:
         raise WindowError(f"every recent message on {topic!r} was undecodable")
-    rows.sort(key=lambda r: r[:3])  # arrival order across partitions
-    records = [r[3] for r in rows]
+    rows.sort(key=lambda r: r[:2])  # each partition in order
+    records = [r[2] for r in rows]
     labelled = [r["event_time"] for r in records if r["is_fraud"] is not None]
     if not labelled:
         raise WindowError(

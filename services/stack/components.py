@@ -330,8 +330,8 @@ class PrometheusComponent(Component):
     def argv(self) -> list[str]:
         return [
             _require_tool("prometheus", "install it"),
-            f"--config.file={self.config}",
-            f"--storage.tsdb.path={self.root / 'data'}",
+            f"--config.file={self.config.resolve()}",
+            f"--storage.tsdb.path={(self.root / 'data').resolve()}",
             f"--storage.tsdb.retention.time={self.settings.monitoring.retention}",
             f"--web.listen-address={self.address}",
             "--web.enable-lifecycle",

@@ -11,11 +11,11 @@ from services.settings import RetrainSettings
 T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
 
 
-def report(i: int, *drifted: str, version: str = "1", span_s: float = 10.0) -> dict[str, Any]:
+def report(i: int, *drifted: str, version: str = "1", span_s: float = 10.0, worker: str = "w0") -> dict[str, Any]:
     features = [{"feature": f, "statistic": "psi", "value": 0.5, "threshold": 0.2, "drifted": True} for f in drifted]
     features.append({"feature": "quiet", "statistic": "psi", "value": 0.01, "threshold": 0.2, "drifted": False})
     start = T0 + timedelta(seconds=i * span_s)
-    return {"model_version": version, "window_start": start, "window_end": start + timedelta(seconds=span_s),
+    return {"model_version": version, "worker": worker, "window_start": start, "window_end": start + timedelta(seconds=span_s),
             "features": features}  # fmt: skip
 
 
@@ -32,7 +32,7 @@ def test_a_streak_of_drifted_reports_triggers_once_it_is_long_enough() -> None:
     assert (trigger.reports, trigger.features, trigger.model_version) == (3, ("amount", "channel"), "1")
     assert trigger.first_window_start == T0
     assert trigger.last_window_end == T0 + timedelta(seconds=30)
-    assert "3 drifted reports in a row about v1 over 30s" in trigger.describe()
+    assert "3 drifted reports in a row about v1 from worker w0 over 30s" in trigger.describe()
     assert p.streak == 0
 
 
@@ -80,3 +80,17 @@ def test_drifted_features_lists_each_input_once() -> None:
     r["features"].append({"feature": "amount", "statistic": "wasserstein", "value": 1.0, "threshold": 0.25,
                           "drifted": True})  # fmt: skip
     assert drifted_features(r) == ["amount", "channel"]
+
+
+def test_streaks_are_per_worker() -> None:
+    # Three workers flagging the same window are one observation, not three in a row.
+    p = policy()
+    assert all(p.observe(report(0, "amount", worker=w), "1", 0) is None for w in ("a", "b", "c"))
+    assert p.streak == 1
+    # A quiet report from a worker with little traffic does not break another worker's streak.
+    assert p.observe(report(1, "amount", worker="a"), "1", 1) is None
+    assert p.observe(report(1, worker="b"), "1", 1) is None
+    trigger = p.observe(report(2, "amount", worker="a"), "1", 2)
+    assert trigger is not None
+    assert trigger.worker == "a"
+    assert p.streak == 0  # a retrain starts every streak afresh
