@@ -11,7 +11,8 @@
    mix and new merchants shift), watched live through ``streamscore top``: drift reports flag the inputs,
    the retrainer's streak fills, it retrains on the recent window, the gate passes, the new champion is
    promoted and the worker hot-reloads it.
-7. More drifted traffic, now scored by the new champion: predictions per model version against the labels.
+7. More drifted traffic, now scored by the new champion: predictions per model version against the labels,
+   and the busiest users' features as Feast's own ``get_online_features`` reads them.
 8. The HTML report (throughput, latency, freshness, drift per feature with the retrain marked), then a clean
    stop of the services.
 """
@@ -25,6 +26,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -207,11 +209,29 @@ def show_predictions(settings: Settings, live: pd.DataFrame, console: Console) -
                   + (f" ({missing:,} still missing)" if missing else ""))  # fmt: skip
 
 
+def show_online_features(settings: Settings, live: pd.DataFrame, console: Console) -> None:
+    """The busiest live users' features as Feast's own ``get_online_features`` reads what the processor wrote."""
+    from services.store import feature_store, quiet_feast
+
+    busiest = [u for u, _ in Counter(live["user_id"]).most_common(3)]
+    merchant = Counter(live["merchant_id"]).most_common(1)[0][0]
+    store = feature_store(settings)
+    with quiet_feast():
+        service = store.get_feature_service(settings.training.feature_service)
+        rows = store.get_online_features(
+            features=service, entity_rows=[{"user_id": u, "merchant_id": merchant} for u in busiest]
+        ).to_dict()
+    table = Table(f"feature (Feast get_online_features; merchant {merchant})", *busiest)
+    for name in sorted(k for k in rows if k not in ("user_id", "merchant_id")):
+        table.add_row(name, *("-" if v is None else f"{v:,.4g}" for v in rows[name]))
+    console.print(table)
+
+
 def _watch(
     settings: Settings, console: Console, until: Any, timeout_s: float, png: Path, refresh_s: float = 2.0
 ) -> bool:
-    """``streamscore top`` in the demo's console until ``until()`` is true (its last frame also saved as
-    ``png``); False on timeout."""
+    """``streamscore top`` in the demo's console until ``until()`` is true; False on timeout. The frame with the
+    most drift flags is saved as ``png``: the moment the story is about."""
     from rich.live import Live
 
     from services.monitoring.prom import Prometheus, PrometheusError
@@ -219,19 +239,22 @@ def _watch(
     from services.monitoring.top import render, take_snapshot
 
     deadline = time.monotonic() + timeout_s
-    frame: Any = None
+    kept: tuple[int, Any] = (-1, None)
     with Prometheus.from_settings(settings) as prom, Live(console=console, auto_refresh=False) as live:
         while time.monotonic() < deadline:
             try:
-                frame = render(take_snapshot(prom, settings))
+                snapshot = take_snapshot(prom, settings)
+                frame = render(snapshot)
                 live.update(frame, refresh=True)
+                if len(snapshot.drifted) >= kept[0]:
+                    kept = (len(snapshot.drifted), frame)
             except PrometheusError as exc:
                 live.update(f"[red]{exc}[/]", refresh=True)
             if until():
                 break
             time.sleep(refresh_s)
-    if frame is not None:
-        save_png(frame, png)
+    if kept[1] is not None:
+        save_png(kept[1], png)
     return bool(until())
 
 
@@ -298,6 +321,7 @@ def run_demo(
     split = times.iloc[history_events].to_pydatetime()
     drift_at = times.iloc[history_events + live_events].to_pydatetime()
     retrain_split = times.iloc[history_events + live_events + drifted_events].to_pydatetime()
+    final_split = times.iloc[total - after_events // 4].to_pydatetime()
     stream = GeneratorConfig(events=total, rate=rate, seed=1, start=start, users=2000, merchants=300,
                              fraud_rate=0.01, drift_at=drift_at)  # fmt: skip
     frame = generate_frame(stream)
@@ -353,8 +377,8 @@ def run_demo(
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
     env.update(settings_env(settings))
     # Faster than production defaults, so the story fits in minutes: a drift report every 3 s, and a retrain
-    # after four drifted ones in a row, on the last 16 h of event time: the drifted traffic, sent all at once, so
-    # it is all in Kafka by the time the reports about it trigger the retrain.
+    # after four drifted ones in a row, on the last 16 h of event time: the drifted traffic, sent all at once, is
+    # in Kafka by the time the reports about it trigger the retrain (and traffic goes on while it trains).
     env.update({"STREAMSCORE_INFERENCE__DRIFT_INTERVAL_S": "3", "STREAMSCORE_RETRAIN__MIN_REPORTS": "4",
                 "STREAMSCORE_RETRAIN__MIN_DRIFTED_FEATURES": "5", "STREAMSCORE_RETRAIN__WINDOW_H": "16"})  # fmt: skip
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -382,12 +406,15 @@ def run_demo(
                                  where=lambda r: split <= r["event_time"] < drift_at),
                 produce_to_kafka(stream, settings, requests=True,
                                  where=lambda r: drift_at <= r["event_time"] < retrain_split),
+                produce_to_kafka(stream, settings, requests=True, wall_rate=150,
+                                 where=lambda r: retrain_split <= r["event_time"] < final_split),
             ),
             daemon=True,
         )  # fmt: skip
         feed.start()
-        console.print(f"{live_events:,} live events at 500/s, then {drifted_events:,} drifted ones from "
-                      f"{drift_at:%H:%M} event time as fast as Kafka takes them")  # fmt: skip
+        console.print(f"{live_events:,} live events at 500/s; then the drift: {drifted_events:,} drifted events from "
+                      f"{drift_at:%H:%M} event time as fast as Kafka takes them, and more at 150/s while the "
+                      "retrainer works")  # fmt: skip
 
         def settled() -> bool:
             try:
@@ -410,11 +437,10 @@ def run_demo(
 
         console.rule("7. More drifted traffic, scored by the champion now serving")
         time.sleep(settings.inference.reload_interval_s + 1)  # the worker's next champion check
-        produce_to_kafka(
-            stream, settings, requests=True, wall_rate=1000, where=lambda r: r["event_time"] >= retrain_split
-        )
+        produce_to_kafka(stream, settings, requests=True, wall_rate=500, where=lambda r: r["event_time"] >= final_split)
         _wait_caught_up(settings, procs["inference"], logs / "inference-demo.log", timeout_s=120, inference=True)
         show_predictions(settings, live_frame, console)
+        show_online_features(settings, live_frame, console)
     finally:
         _stop(procs, console)
 

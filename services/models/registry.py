@@ -376,16 +376,16 @@ class Registry:
                 client.set_tag(run_id, key, value)
 
     def runs(self, tags: dict[str, str], *, max_results: int = 1000) -> builtins.list[Any]:
-        """Runs of this model's experiment carrying every given tag value, oldest first."""
+        """The newest ``max_results`` runs of this model's experiment carrying every given tag value, oldest first."""
         experiment_id = self._experiment_id()
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
         found = self._call(
             "search runs",
             lambda: self._client.search_runs(
-                [experiment_id], filter_string=query, max_results=max_results, order_by=["attributes.start_time ASC"]
+                [experiment_id], filter_string=query, max_results=max_results, order_by=["attributes.start_time DESC"]
             ),
         )
-        return list(found)
+        return list(reversed(found))
 
     def log_candidate(
         self,

@@ -191,7 +191,6 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
             server, _thread = start_http_server(0, addr="127.0.0.1", registry=service.registry)
             servers.append(server)
             register(settings, service, server.server_port)
-        record_retrain(settings)
         with Prometheus.from_settings(settings) as prom:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -202,6 +201,9 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
                 time.sleep(0.5)
             else:
                 pytest.fail(f"Prometheus did not scrape all four targets: {component.log.read_text()[-2000:]}")
+        # After the first samples: the report's default range starts at the data, and the decision is in it.
+        record_retrain(settings)
+        time.sleep(2 * settings.monitoring.scrape_interval_s)  # and samples after it, so the span covers it
         yield settings
     finally:
         stop.set()

@@ -15,8 +15,8 @@ def report(i: int, *drifted: str, version: str = "1", span_s: float = 10.0, work
     features = [{"feature": f, "statistic": "psi", "value": 0.5, "threshold": 0.2, "drifted": True} for f in drifted]
     features.append({"feature": "quiet", "statistic": "psi", "value": 0.01, "threshold": 0.2, "drifted": False})
     start = T0 + timedelta(seconds=i * span_s)
-    return {"model_version": version, "worker": worker, "window_start": start, "window_end": start + timedelta(seconds=span_s),
-            "features": features}  # fmt: skip
+    return {"model_version": version, "worker": worker, "window_start": start,
+            "window_end": start + timedelta(seconds=span_s), "features": features}  # fmt: skip
 
 
 def policy(**overrides: Any) -> DriftPolicy:
