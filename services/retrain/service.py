@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from confluent_kafka import TopicPartition
+
 from services.errors import StreamscoreError
 from services.kafka import Consumer, DeadLetterPublisher, Producer, ensure_topics
 from services.models.registry import Registry
@@ -38,6 +40,7 @@ __all__ = ["RetrainOutcome", "Retrainer", "retrain_now", "run_retrainer"]
 log = logging.getLogger(__name__)
 
 _CHAMPION_TTL_S = 5.0  # the champion alias is re-read at most this often
+_REGISTRY_BACKOFF_S = 2.0
 _MAX_HELD = 10_000  # reports held uncommitted for an open streak, at most (a worker gone mid-streak)
 
 
@@ -143,10 +146,16 @@ class Retrainer:
         """
         messages = self.consumer.poll_batch(500, timeout_s)
         trigger = None
-        for msg in messages:
+        for i, msg in enumerate(messages):
             try:
                 report: dict[str, Any] = self.serde.decode(msg.value() or b"")
             except SerdeError as exc:
+                if exc.reason == "registry":  # the schema registry is unreachable: not the report's fault
+                    log.warning("schema registry unreachable, reading the drift reports again shortly: %s", exc)
+                    self._rewind(messages[i:])
+                    messages = messages[:i]
+                    time.sleep(_REGISTRY_BACKOFF_S)
+                    break
                 self.dead_letters.publish(msg, exc.reason, exc)
                 continue
             trigger = self.policy.observe(report, self.champion(), time.monotonic()) or trigger
@@ -161,6 +170,15 @@ class Retrainer:
             self.consumer.commit(self._held)
             self._held = []
         return trigger
+
+    def _rewind(self, messages: list[Any]) -> None:
+        """Seek each partition back to the first of ``messages`` on it, so the next poll returns them again."""
+        first: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            key = (msg.topic(), msg.partition())
+            first[key] = min(first.get(key, msg.offset()), msg.offset())
+        for (topic, partition), offset in first.items():
+            self.consumer.raw.seek(TopicPartition(topic, partition, offset))
 
     def run(self) -> None:
         try:

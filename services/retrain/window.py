@@ -93,7 +93,9 @@ def export_window(
                 idle_since = time.monotonic()
                 try:
                     record = serde.decode(msg.value() or b"")
-                except SerdeError:
+                except SerdeError as exc:
+                    if exc.reason == "registry":  # not the message's fault: a partial window would mislead
+                        raise WindowError(f"schema registry unreachable while reading {topic!r}: {exc}") from None
                     undecodable += 1  # the processor dead-letters these; they are not training data either
                     continue
                 rows.append((partition, offset, record))
