@@ -187,7 +187,7 @@ def demo(
     live: Annotated[int, typer.Option(min=100, help="Live events before the drift.")] = 5_000,
     drifted: Annotated[
         int, typer.Option(min=1000, help="Drifted live events (the retrain learns from them).")
-    ] = 40_000,
+    ] = 60_000,
     after: Annotated[int, typer.Option(min=100, help="Drifted live events after the retrain.")] = 10_000,
 ) -> None:
     """The whole loop on the running stack: history, backfill, train, serve, drift, retrain, promote, report."""

@@ -285,7 +285,7 @@ def run_demo(
     console: Console,
     history_events: int = 100_000,
     live_events: int = 5_000,
-    drifted_events: int = 40_000,
+    drifted_events: int = 60_000,
     after_events: int = 10_000,
 ) -> Path:
     """The story of the module docstring; returns the report's path."""
@@ -374,13 +374,19 @@ def run_demo(
     console.rule("5. Stream processor, inference worker and retrainer")
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    # Faster than production defaults, so the story fits in minutes: a drift report every 3 s, and a retrain
+    # after four drifted ones in a row, on the last 24 h of event time: the drifted traffic, sent all at once, is
+    # in Kafka by the time the reports about it trigger the retrain (and traffic goes on while it trains).
+    settings = settings.model_copy(
+        update={
+            "inference": settings.inference.model_copy(update={"drift_interval_s": 3.0}),
+            "retrain": settings.retrain.model_copy(
+                update={"min_reports": 4, "min_drifted_features": 5, "window_h": 24.0}
+            ),
+        }
+    )
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
     env.update(settings_env(settings))
-    # Faster than production defaults, so the story fits in minutes: a drift report every 3 s, and a retrain
-    # after four drifted ones in a row, on the last 16 h of event time: the drifted traffic, sent all at once, is
-    # in Kafka by the time the reports about it trigger the retrain (and traffic goes on while it trains).
-    env.update({"STREAMSCORE_INFERENCE__DRIFT_INTERVAL_S": "3", "STREAMSCORE_RETRAIN__MIN_REPORTS": "4",
-                "STREAMSCORE_RETRAIN__MIN_DRIFTED_FEATURES": "5", "STREAMSCORE_RETRAIN__WINDOW_H": "16"})  # fmt: skip
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         log = logs / "features-demo.log"
