@@ -6,6 +6,7 @@ will not start) print one line on stderr and exit non-zero, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -225,24 +226,39 @@ def generate(
     merchants: Annotated[int, typer.Option(min=1)] = 200,
     seed: Annotated[int, typer.Option()] = 0,
     fraud_rate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.01,
-    start: Annotated[datetime | None, typer.Option(help="First event time (UTC); default: now minus the span.")] = None,
+    start: Annotated[
+        datetime | None,
+        typer.Option(
+            help="First event time (UTC). Default: the start that puts the last event just before now (the span"
+            " is measured on the stream, daily cycle included); with --realtime, now."
+        ),
+    ] = None,
     drift_at: Annotated[datetime | None, typer.Option(help="Distributions shift from this event time (UTC).")] = None,
-    realtime: Annotated[bool, typer.Option(help="With --to kafka: send at --rate events/s of wall time.")] = False,
+    realtime: Annotated[
+        bool,
+        typer.Option(
+            help="With --to kafka: send each event when the wall clock reaches its event time (never ahead of it;"
+            " the rate follows the daily cycle around --rate)."
+        ),
+    ] = False,
     requests: Annotated[
         bool, typer.Option(help="With --to kafka: a score request before each transaction (id = event id).")
     ] = False,
 ) -> None:
     """Realistic card transactions, deterministic for a seed, to Kafka or a Parquet file."""
-    from services.generator import GeneratorConfig, produce_to_kafka, write_parquet
+    from services.generator import GeneratorConfig, produce_to_kafka, start_ending_by, write_parquet
 
-    first = _utc(start) or datetime.now(tz=UTC).replace(microsecond=0) - timedelta(seconds=events / rate)
+    now = datetime.now(tz=UTC).replace(microsecond=0)
     try:
         config = GeneratorConfig(
             events=events, rate=rate, users=users, merchants=merchants, seed=seed, fraud_rate=fraud_rate,
-            start=first, drift_at=_utc(drift_at),
+            start=_utc(start) or now, drift_at=_utc(drift_at),
         )  # fmt: skip
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    if start is None and not realtime:
+        config = dataclasses.replace(config, start=start_ending_by(config, now))
+    first = config.start
     if to != "kafka" and not to.endswith(".parquet"):
         raise typer.BadParameter("--to must be 'kafka' or a path ending in .parquet")
     if requests and to != "kafka":

@@ -20,6 +20,7 @@ or Kafka messages (:func:`produce_to_kafka`).
 from services.generator.config import GeneratorConfig
 from services.generator.sinks import produce_to_kafka, write_parquet
 from services.generator.stream import ARROW_SCHEMA, generate, generate_frame, generate_tables
+from services.generator.timing import last_event_time, start_ending_by
 
 __all__ = [
     "ARROW_SCHEMA",
@@ -27,6 +28,8 @@ __all__ = [
     "generate",
     "generate_frame",
     "generate_tables",
+    "last_event_time",
     "produce_to_kafka",
+    "start_ending_by",
     "write_parquet",
 ]

@@ -78,9 +78,10 @@ def produce_to_kafka(
     """Send the stream to ``topic`` (default: the transactions topic), keyed by ``user_id``, Avro-framed.
 
     Keying by user keeps each card's transactions in order within a partition, which per-user windows
-    need. With ``realtime`` the send rate is held at ``config.rate`` events per wall-clock second (a
-    live-looking feed for demos and soak tests), or at ``wall_rate`` when given (a replay of a stream faster
-    or slower than its event time); otherwise it is as fast as the producer takes them. ``where`` sends only
+    need. With ``realtime`` each event is sent once the wall clock has reached its event time, never
+    before (a live feed for demos and soak tests: the processor rejects events from the future); with
+    ``wall_rate`` the send rate is held at that many events per wall-clock second (a replay of a stream
+    faster or slower than its event time); otherwise it is as fast as the producer takes them. ``where`` sends only
     the records it accepts (one part of a stream: the history, then the live part).
     With ``requests`` every transaction is preceded by its score request (:func:`score_request`) on the
     score-requests topic, the order a card network sees them: authorise first, then the transaction (and its
@@ -93,10 +94,9 @@ def produce_to_kafka(
     request_topic = settings.topics.score_requests
     request_serde = Serde("score_request", registry_url=settings.schema_registry_url, subject=f"{request_topic}-value")
     producer = Producer(settings.kafka, client_suffix="generator")
-    rate = wall_rate or (config.rate if realtime else None)
-    pace = _Pacer(rate) if rate else None
-    if rate:
-        chunk_size = min(chunk_size, max(1, int(rate)))  # a second's worth: progress stays live
+    pace = _Pacer(wall_rate) if wall_rate else None
+    if wall_rate or realtime:
+        chunk_size = min(chunk_size, max(1, int(wall_rate or config.rate)))  # a second's worth: progress stays live
     sent = 0
     try:
         for records in generate(config, chunk_size=chunk_size):
@@ -104,7 +104,10 @@ def produce_to_kafka(
             for record in records:
                 if where is not None and not where(record):
                     continue
-                if pace is not None and pace.wait(sent) and progress is not None and sent > reported:
+                waited = pace.wait(sent) if pace is not None else False
+                if realtime:
+                    waited = _wait_until(record["event_time"]) or waited
+                if waited and progress is not None and sent > reported:
                     progress(sent - reported)
                     reported = sent
                 if requests:
@@ -145,6 +148,16 @@ def score_request(transaction: dict[str, Any], request_time: datetime) -> dict[s
         "request_time": request_time,
         "context": None,
     }
+
+
+def _wait_until(moment: datetime) -> bool:
+    """Sleep until the wall clock reaches ``moment``; True if it slept. Unlike the pacer's, no wait is too
+    short to take: an event sent a millisecond early is an event from the future."""
+    slept = False
+    while (ahead := (moment - datetime.now(tz=UTC)).total_seconds()) > 0:
+        time.sleep(ahead)
+        slept = True
+    return slept
 
 
 class _Pacer:

@@ -38,6 +38,11 @@ class ProcessorProcess:
             )  # fmt: skip
         return self
 
+    def freeze(self) -> None:
+        """SIGSTOP: it stays exactly where it is (nothing applied, written or committed) until killed."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
     def kill(self) -> None:
         """kill -9: no snapshot, no commit, no goodbye."""
         assert self.proc is not None

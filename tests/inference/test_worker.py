@@ -252,12 +252,14 @@ def test_kill_9_mid_stream_loses_nothing(served: Settings, guarantee: str, tmp_p
         }
     )
     requests = _requests(3000, unknown_every=3)
-    _send(s, requests)
+    early, late = requests[:2000], requests[2000:]
+    _send(s, early)
     log = tmp_path / "worker.log"
     total = _lag(s)  # the topic holds earlier tests' requests too
     first = _spawn(s, guarantee, log)
     try:
-        # Kill it as soon as its first commit is visible: mid-stream, with the next batches in flight. (Not
+        # Freeze it as soon as its first commit is visible, with the next batches in flight, and send the rest
+        # while it is frozen: the kill then always lands mid-stream, however fast this machine is. (Not
         # measured after the kill: in exactly-once mode the dead worker's open transaction holds its group's
         # offsets until the restarted worker fences it.)
         deadline = time.monotonic() + 90
@@ -265,9 +267,11 @@ def test_kill_9_mid_stream_loses_nothing(served: Settings, guarantee: str, tmp_p
         while time.monotonic() < deadline and left == total:
             time.sleep(0.02)
             left = _lag(s)
+        first.send_signal(signal.SIGSTOP)
+        assert left < total, f"no commit within 90 s: {left} of {total} requests left"
+        _send(s, late)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
-        assert 0 < left < total, f"not killed mid-stream: {left} of {total} requests left"
         second = _spawn(s, guarantee, log)
         try:
             seen = _predictions(s, {r["request_id"] for r in requests}, committed=guarantee == "exactly-once",

@@ -21,7 +21,8 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.generator import GeneratorConfig, produce_to_kafka
+from services.generator import GeneratorConfig, produce_to_kafka, start_ending_by
 from services.kafka import Producer, ensure_topics
 from services.monitoring.exporter import target_path
 from services.serde import Serde
@@ -254,9 +255,8 @@ def _traffic(s: Settings, seed: int) -> None:
     """A few seconds' worth of transactions, each behind its score request; requests for cards nobody has
     seen (their features are missing: defaults); one undecodable message on each input topic (dead letters
     from both stages)."""
-    config = GeneratorConfig(
-        events=400, rate=100.0, users=100, merchants=20, seed=seed, start=datetime.now(tz=UTC) - timedelta(seconds=4)
-    )
+    config = GeneratorConfig(events=400, rate=100.0, users=100, merchants=20, seed=seed)
+    config = replace(config, start=start_ending_by(config, datetime.now(tz=UTC)))
     produce_to_kafka(config, s, requests=True)
     producer = Producer(s.kafka)
     serde = Serde("score_request")

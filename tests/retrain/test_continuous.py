@@ -10,14 +10,16 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services.features import backfill, load_plans, rules_for
-from services.generator import GeneratorConfig, generate, produce_to_kafka, write_parquet
+from services.generator import GeneratorConfig, generate, produce_to_kafka, start_ending_by, write_parquet
 from services.kafka import Consumer, ensure_topics, group_lag
 from services.models import Registry
 from services.retrain import decisions
@@ -84,8 +86,11 @@ def test_drift_retrains_promotes_and_the_new_version_serves(
 ) -> None:
     s = _isolated(settings, tmp_path)
     apply_definitions(s)
-    start = datetime.now(tz=UTC).replace(microsecond=0) - timedelta(hours=4)
-    undrifted = GeneratorConfig(events=HISTORY + DRIFTED + AFTER, start=start, **POPULATION)  # type: ignore[arg-type]
+    # The phase of the day is pinned (the latest 08:00 UTC start that ends before now): the daily cycle decides
+    # how many frauds fall in each training window, so the stream must not depend on the hour this runs at.
+    undrifted = GeneratorConfig(events=HISTORY + DRIFTED + AFTER, **POPULATION)  # type: ignore[arg-type]
+    start = start_ending_by(undrifted, datetime.now(tz=UTC) - timedelta(minutes=1), time_of_day=dt_time(8))
+    undrifted = replace(undrifted, start=start)
     times = sorted(t["event_time"] for chunk in generate(undrifted) for t in chunk)
     drift_at, after = times[HISTORY], times[HISTORY + DRIFTED]
     stream = GeneratorConfig(events=HISTORY + DRIFTED + AFTER, start=start, drift_at=drift_at, **POPULATION)  # type: ignore[arg-type]
