@@ -71,8 +71,8 @@ test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check services tests loadtest
-	$(BIN)/ruff format --check services tests loadtest
+	$(BIN)/ruff check services tests loadtest feature_repo
+	$(BIN)/ruff format --check services tests loadtest feature_repo
 	$(BIN)/mypy
 
 fmt: venv

@@ -1,5 +1,5 @@
 """The only place a feature is defined. The stream processor and the backfill compile these Feast objects
-into their window plan (``services.features``); the model trains on, and serving reads, the FeatureService.
+into their window plan (``streamscore.features``); the model trains on, and serving reads, the FeatureService.
 
 Windows slide: each aggregation's ``slide_interval`` is the tile size the engine keeps per entity, and the
 value at instant t covers the tiles of the last ``time_window`` up to and including t's tile. Features
@@ -10,7 +10,6 @@ with a ``streamscore.aggregate`` tag the engine understands.
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 from feast import Entity, FeatureService, Field, FileSource, KafkaSource, StreamFeatureView
 from feast.aggregation import Aggregation
@@ -18,9 +17,10 @@ from feast.data_format import AvroFormat
 from feast.types import Float64, Int64
 from feast.value_type import ValueType
 
-from services.settings import load_settings
+from streamscore.resources import schemas_dir
+from streamscore.settings import load_settings
 
-_SCHEMA = (Path(__file__).resolve().parents[1] / "schemas" / "transaction.avsc").read_text()
+_SCHEMA = (schemas_dir() / "transaction.avsc").read_text()
 _SETTINGS = load_settings()
 OFFLINE = _SETTINGS.data_dir / "offline"
 WATERMARK_DELAY = timedelta(seconds=30)

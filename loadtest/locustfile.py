@@ -10,7 +10,7 @@ instead (no worker involved): the bare Kafka round trip through the same plumbin
 Kafka I/O never blocks gevent's event loop: confluent-kafka is C (librdkafka threads), so it is only called
 without waiting (``produce``, ``poll(0)``, ``consume(timeout=0)``). Each Locust process has one producer, one
 reply consumer and one pump greenlet that serves both; users wait on a :class:`gevent.event.AsyncResult`.
-Only ``services.kafka``, ``services.serde`` and ``services.settings`` are imported: gevent's monkey-patching
+Only ``streamscore.kafka``, ``streamscore.serde`` and ``streamscore.settings`` are imported: gevent's monkey-patching
 would break faust and Feast, which this process never loads.
 
 Settings come from the ``STREAMSCORE_*`` environment, like every service; load knobs are Locust options
@@ -37,9 +37,9 @@ from locust.log import greenlet_exception_logger
 from locust.runners import MasterRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC
 
-from services.kafka import Consumer, producer_config
-from services.serde import Serde, SerdeError
-from services.settings import Settings, load_settings
+from streamscore.kafka import Consumer, producer_config
+from streamscore.serde import Serde, SerdeError
+from streamscore.settings import Settings, load_settings
 
 __all__ = ["KafkaHub", "ScoreRequestUser", "TransactionUser"]
 

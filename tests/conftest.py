@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from services.settings import ENV_PREFIX, Settings
-from services.stack import Stack
+from streamscore.settings import ENV_PREFIX, Settings
+from streamscore.stack import Stack
 
 # Tests build their own settings; a developer's STREAMSCORE_* variables must not leak into them.
 for _name in [n for n in os.environ if n.upper().startswith(ENV_PREFIX)]:
@@ -55,7 +55,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def settings(stack: Stack) -> Settings:
     """Settings pointing at the session's running stack, topics created."""
-    from services.kafka import ensure_topics
+    from streamscore.kafka import ensure_topics
 
     ensure_topics(stack.settings)
     return stack.settings

@@ -5,8 +5,8 @@ import io
 import pytest
 from rich.console import Console
 
-from services.demo import run_avro_roundtrip, sample_transactions
-from services.settings import Settings
+from streamscore.demo import run_avro_roundtrip, sample_transactions
+from streamscore.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -7,40 +7,40 @@ import importlib
 import pytest
 
 EXPECTED = {
-    "services.kafka": {
+    "streamscore.kafka": {
         "Consumer", "ConsumerError", "DeadLetter", "DeadLetterPublisher", "DeliveryError", "FailedDelivery",
         "Header", "Producer", "TopicResult", "TopicSpec", "admin_config", "consumer_config", "ensure_topics",
         "group_lag", "next_offsets", "producer_config", "read_dead_letter", "topic_specs",
     },
-    "services.serde": {
+    "streamscore.serde": {
         "REASONS", "SCHEMA_NAMES", "Reason", "SchemaStore", "Serde", "SerdeError", "check_compatible",
         "load_schema",
     },
-    "services.stack": {"ComponentStatus", "Stack", "StackError"},
-    "services.store": {
+    "streamscore.stack": {"ComponentStatus", "Stack", "StackError"},
+    "streamscore.store": {
         "PROJECT", "REPO_PATH", "OnlineWriter", "apply_definitions", "feast_env", "feature_store", "quiet_feast",
         "repo_config", "settings_env",
     },
-    "services.generator": {
-        "ARROW_SCHEMA", "GeneratorConfig", "generate", "generate_frame", "generate_tables", "produce_to_kafka",
-        "write_parquet",
+    "streamscore.generator": {
+        "ARROW_SCHEMA", "GeneratorConfig", "generate", "generate_frame", "generate_tables", "last_event_time",
+        "produce_to_kafka", "start_ending_by", "write_parquet",
     },
-    "services.features": {
+    "streamscore.features": {
         "BackfillReport", "EventRules", "FeatureSpec", "PlanError", "ViewPlan", "ViewState", "backfill",
         "compile_view", "compile_views", "load_plans", "rules_for",
     },
-    "services.models": {
+    "streamscore.models": {
         "CARD_KEY", "CHALLENGER", "CHAMPION", "INPUT_NAME", "OUTPUT_NAME", "CardError", "EquivalenceError",
         "ModelCard", "ModelIntegrityError", "ModelLoadError", "Registry", "RegistryError", "ScoringSession",
         "VersionInfo", "build_profile", "check_equivalence", "export_onnx", "feast_lineage", "load_model",
         "open_session", "resolve_providers", "sha256_hex", "source_scores",
     },
-    "services.training": {
+    "streamscore.training": {
         "GateReport", "TrainResult", "TrainingDataError", "TrainingSet", "build_training_set", "decide", "evaluate",
         "service_features", "train",
     },
-    "services.monitoring": {"Prometheus", "PrometheusError", "serve_metrics"},
-    "services.retrain": {
+    "streamscore.monitoring": {"Prometheus", "PrometheusError", "serve_metrics"},
+    "streamscore.retrain": {
         "Decision", "DriftPolicy", "RecentWindow", "RetrainOutcome", "Retrainer", "Trigger", "WindowError",
         "decisions", "export_window", "retrain_now", "run_retrainer",
     },

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from services.cli import app
-from services.settings import settings_markdown
+from streamscore.cli import app
+from streamscore.settings import settings_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from services.kafka import admin_config, consumer_config, producer_config
-from services.settings import ConfigError, Settings, env_names, load_settings, settings_markdown
+from streamscore.kafka import admin_config, consumer_config, producer_config
+from streamscore.settings import ConfigError, Settings, env_names, load_settings, settings_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def test_invalid_configuration_names_the_setting(
 def test_cli_exits_2_with_one_line_on_bad_config() -> None:
     env = {**os.environ, "STREAMSCORE_TOPICS__PARTITIONS": "-3"}
     proc = subprocess.run(
-        [sys.executable, "-m", "services", "stack", "status"], env=env, capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "streamscore", "stack", "status"], env=env, capture_output=True, text=True, cwd=ROOT
     )
     assert proc.returncode == 2
     assert "STREAMSCORE_TOPICS__PARTITIONS" in proc.stderr

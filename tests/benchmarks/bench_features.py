@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from services.settings import Settings
+from streamscore.settings import Settings
 from tests.benchmarks import features_batch, features_profile, features_stream
 from tests.benchmarks.features_common import (
     bench_stack,

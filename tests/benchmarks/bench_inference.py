@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from services.settings import Settings
+from streamscore.settings import Settings
 from tests.benchmarks.bench_reader import MERCHANTS, USERS, write_entities
 from tests.benchmarks.features_common import bench_stack, isolated, say
 
@@ -65,10 +65,10 @@ def _register(settings: Settings) -> tuple[int, int]:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from services.features.request import REQUEST_FEATURES
-    from services.models import ModelCard, Registry, build_profile, export_onnx
-    from services.store import feature_store, quiet_feast
-    from services.training import service_features
+    from streamscore.features.request import REQUEST_FEATURES
+    from streamscore.models import ModelCard, Registry, build_profile, export_onnx
+    from streamscore.store import feature_store, quiet_feast
+    from streamscore.training import service_features
 
     with quiet_feast():
         stored = [name for _, name in service_features(feature_store(settings), SERVICE)]
@@ -121,8 +121,8 @@ def _requests(n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def _send(settings: Settings, requests: list[dict[str, Any]]) -> None:
-    from services.kafka import Producer
-    from services.serde import Serde
+    from streamscore.kafka import Producer
+    from streamscore.serde import Serde
 
     serde = Serde("score_request")
     producer = Producer(settings.kafka, client_suffix="bench")
@@ -133,8 +133,8 @@ def _send(settings: Settings, requests: list[dict[str, Any]]) -> None:
 
 def _worker_run(settings: Settings, version: int, label: str, total: int) -> Run:
     """One worker in a new group over the whole topic; timed from its first poll to its last commit."""
-    from services.inference import InferenceWorker
-    from services.models import Registry
+    from streamscore.inference import InferenceWorker
+    from streamscore.models import Registry
 
     Registry(settings).promote(version, reason="bench")
     s = settings.model_copy(
@@ -168,11 +168,11 @@ def _batch_sizes() -> tuple[float, float]:
 
 def _naive_run(settings: Settings, version: int, total: int) -> Run:
     """One request at a time: Feast's online read, one ONNX row, produce, wait for the ack, commit."""
-    from services.features.request import request_features
-    from services.kafka import Consumer, Producer
-    from services.models import load_model
-    from services.serde import Serde
-    from services.store import feature_store, quiet_feast
+    from streamscore.features.request import request_features
+    from streamscore.kafka import Consumer, Producer
+    from streamscore.models import load_model
+    from streamscore.serde import Serde
+    from streamscore.store import feature_store, quiet_feast
 
     session = load_model(settings, version)
     store = feature_store(settings)
@@ -261,10 +261,10 @@ def throughput_markdown(runs: list[Run]) -> str:
 def latency(settings: Settings, monitored: int) -> list[tuple[int, dict[str, np.ndarray]]]:
     """Steady-rate runs of the monitored model against one worker process; phases from the predictions' own
     latency records. A first run at the lowest rate warms the broker's JIT and the worker up and is dropped."""
-    from services.kafka import Consumer, Producer, ensure_topics
-    from services.models import Registry
-    from services.serde import Serde
-    from services.store import settings_env
+    from streamscore.kafka import Consumer, Producer, ensure_topics
+    from streamscore.models import Registry
+    from streamscore.serde import Serde
+    from streamscore.store import settings_env
 
     Registry(settings).promote(monitored, reason="bench")
     tag = uuid.uuid4().hex[:8]
@@ -278,7 +278,7 @@ def latency(settings: Settings, monitored: int) -> list[tuple[int, dict[str, np.
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
     env.update(settings_env(s))
     with log.open("ab") as out_file:
-        worker = subprocess.Popen([sys.executable, "-m", "services", "inference", "run"], env=env,
+        worker = subprocess.Popen([sys.executable, "-m", "streamscore", "inference", "run"], env=env,
                                   stdout=out_file, stderr=subprocess.STDOUT)  # fmt: skip
     out = []
     try:
@@ -350,8 +350,8 @@ def run(parts: Iterable[str] | None = None) -> str:
     unknown = selected - set(PARTS)
     if unknown:
         raise SystemExit(f"unknown inference benchmark part(s) {sorted(unknown)}; choose from {', '.join(PARTS)}")
-    from services.kafka import ensure_topics
-    from services.store import apply_definitions
+    from streamscore.kafka import ensure_topics
+    from streamscore.store import apply_definitions
 
     with bench_stack() as (base, tmp):
         settings = isolated(base, tmp, "inference", redis_db=2)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.settings import Settings
+from streamscore.settings import Settings
 from tests.benchmarks.bench_reader import MERCHANTS, USERS, write_entities
 from tests.benchmarks.features_common import bench_stack, isolated, say
 
@@ -54,7 +54,7 @@ class Result:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    from services.store import settings_env
+    from streamscore.store import settings_env
 
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("STREAMSCORE_", "LOCUST_"))}
     env.update(settings_env(settings))
@@ -90,7 +90,7 @@ def _locust(settings: Settings, path: str, rate: int, seconds: float, out: Path)
 def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
     log = settings.data_dir / "locust-worker.log"
     with log.open("ab") as out:
-        worker = subprocess.Popen([sys.executable, "-m", "services", "inference", "run"], env=_env(settings),
+        worker = subprocess.Popen([sys.executable, "-m", "streamscore", "inference", "run"], env=_env(settings),
                                   stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     deadline = time.monotonic() + 120
     while b"in group" not in log.read_bytes():
@@ -156,9 +156,9 @@ def markdown(results: list[Result]) -> str:
 def run(parts: Iterable[str] | None = None) -> str:
     if parts:
         raise SystemExit(f"the locust benchmark has no parts, got {sorted(parts)}")
-    from services.kafka import ensure_topics
-    from services.models import Registry
-    from services.store import apply_definitions
+    from streamscore.kafka import ensure_topics
+    from streamscore.models import Registry
+    from streamscore.store import apply_definitions
     from tests.benchmarks.bench_inference import _register
 
     with bench_stack() as (base, tmp):

@@ -25,11 +25,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from services.features.request import REQUEST_FEATURES, request_features
-from services.models.card import INPUT_NAME, OUTPUT_NAME, ModelCard
-from services.models.onnx_export import check_equivalence, export_onnx, source_scores
-from services.models.runtime import ModelLoadError, open_session, resolve_providers
-from services.training.trainers import Fitted, Kind, fit, impute, medians
+from streamscore.features.request import REQUEST_FEATURES, request_features
+from streamscore.models.card import INPUT_NAME, OUTPUT_NAME, ModelCard
+from streamscore.models.onnx_export import check_equivalence, export_onnx, source_scores
+from streamscore.models.runtime import ModelLoadError, open_session, resolve_providers
+from streamscore.training.trainers import Fitted, Kind, fit, impute, medians
 from tests.benchmarks.features_common import say
 
 PARTS = ("throughput", "training", "providers")

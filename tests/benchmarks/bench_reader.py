@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from services.settings import Settings
+from streamscore.settings import Settings
 from tests.benchmarks.features_common import bench_stack, isolated, say
 
 PARTS = ("read",)
@@ -43,7 +43,7 @@ class ReadResult:
 
 
 def write_entities(settings: Settings, rng: np.random.Generator) -> tuple[list[str], list[str]]:
-    from services.store import OnlineWriter
+    from streamscore.store import OnlineWriter
 
     users = [f"user-{i}" for i in range(USERS)]
     merchants = [f"merchant-{i}" for i in range(MERCHANTS)]
@@ -67,9 +67,9 @@ def write_entities(settings: Settings, rng: np.random.Generator) -> tuple[list[s
 
 
 def read_bench(settings: Settings) -> ReadResult:
-    from services.store import feature_store, quiet_feast
-    from services.store.encoding import redis_keys
-    from services.store.reader import OnlineReader
+    from streamscore.store import feature_store, quiet_feast
+    from streamscore.store.encoding import redis_keys
+    from streamscore.store.reader import OnlineReader
 
     rng = np.random.default_rng(11)
     say(f"reader: writing {USERS:,} users and {MERCHANTS:,} merchants")
@@ -195,7 +195,7 @@ def run(parts: Iterable[str] | None = None) -> str:
     unknown = selected - set(PARTS)
     if unknown:
         raise SystemExit(f"unknown reader benchmark part(s) {sorted(unknown)}; choose from {', '.join(PARTS)}")
-    from services.store import apply_definitions
+    from streamscore.store import apply_definitions
 
     with bench_stack() as (base, tmp):
         settings = isolated(base, tmp, "reader", redis_db=1)

@@ -13,7 +13,7 @@ from typing import Any
 
 import fastavro
 
-from services.serde import Serde
+from streamscore.serde import Serde
 from tests.serde.samples import sample_record
 
 N = 50_000

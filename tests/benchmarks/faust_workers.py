@@ -59,8 +59,8 @@ class _Stats:
 def _app(mode: str) -> Any:
     import faust
 
-    from services.features.app import _faust_broker
-    from services.settings import load_settings
+    from streamscore.features.app import _faust_broker
+    from streamscore.settings import load_settings
 
     settings = load_settings()
     stats = _Stats(Path(os.environ["BENCH_STATS"]))
@@ -99,8 +99,8 @@ def _app(mode: str) -> Any:
     import numpy as np
     import pandas as pd
 
-    from services.serde import Serde
-    from services.store import feature_store, quiet_feast
+    from streamscore.serde import Serde
+    from streamscore.store import feature_store, quiet_feast
 
     serde = Serde("transaction")
     store = feature_store(settings)

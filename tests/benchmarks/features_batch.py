@@ -1,6 +1,6 @@
 """Batch paths of the feature stage: the backfill against pandas, and the online writer against Feast.
 
-Backfill: ``services.features.backfill`` over a Parquet file from ``write_parquet`` (DuckDB acceptance SQL,
+Backfill: ``streamscore.features.backfill`` over a Parquet file from ``write_parquet`` (DuckDB acceptance SQL,
 then the numba kernels per view, Parquet out) against the pandas idiom on the same file:
 ``groupby(user_id).rolling(window, on=event_time)`` with count/sum/mean/max of the amount for 5 min / 1 h /
 24 h, Parquet out. Both are timed file to file.
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from services.settings import Settings
+from streamscore.settings import Settings
 from tests.benchmarks.features_common import fmt_rate, say
 
 
@@ -57,8 +57,8 @@ def _pandas_baseline(path: Path, out: Path) -> int:
 
 
 def backfill_bench(settings: Settings, tmp: Path, events: int, users: int) -> BackfillResult:
-    from services.features import backfill, load_plans, rules_for
-    from services.generator import GeneratorConfig, write_parquet
+    from streamscore.features import backfill, load_plans, rules_for
+    from streamscore.generator import GeneratorConfig, write_parquet
 
     plans = load_plans(settings)
     rules = rules_for(settings, plans)
@@ -122,9 +122,9 @@ def backfill_markdown(r: BackfillResult) -> str:
             "| --- | ---: | ---: | ---: | ---: |",
             f"| pandas `groupby(user_id).rolling(5min/1h/24h, on=event_time)` count/sum/mean/max (baseline) "
             f"| {r.pandas_features} | {r.pandas_s:.2f} | {fmt_rate(base)} | 1.00 |",
-            f"| `services.features.backfill`, user view only | {r.ours_user_features} | {r.ours_user_s:.2f} "
+            f"| `streamscore.features.backfill`, user view only | {r.ours_user_features} | {r.ours_user_s:.2f} "
             f"| {fmt_rate(ours_user)} | {ours_user / base:.1f}x |",
-            f"| `services.features.backfill`, every view (user + merchant) | {r.ours_features} | {r.ours_s:.2f} "
+            f"| `streamscore.features.backfill`, every view (user + merchant) | {r.ours_features} | {r.ours_s:.2f} "
             f"| {fmt_rate(ours)} | {ours / base:.1f}x |",
             "",
             f"Phases of the every-view run: {r.first_chunk_s:.2f} s until the first chunk of a view was done "
@@ -154,7 +154,7 @@ class OnlineResult:
 def online_bench(settings: Settings, rows: int = 10_000) -> OnlineResult:
     import pandas as pd
 
-    from services.store import OnlineWriter, feature_store, quiet_feast
+    from streamscore.store import OnlineWriter, feature_store, quiet_feast
 
     store = feature_store(settings)
     writer = OnlineWriter(settings, store)

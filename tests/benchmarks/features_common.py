@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from services.settings import Settings
+from streamscore.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 _T0 = time.monotonic()
@@ -39,7 +39,7 @@ def free_port() -> int:
 @contextmanager
 def bench_stack() -> Iterator[tuple[Settings, Path]]:
     """A Kafka + Redis of our own (free loopback ports, a throwaway directory), stopped and wiped at the end."""
-    from services.stack import Stack
+    from streamscore.stack import Stack
     from tests.conftest import stack_settings  # also drops the caller's STREAMSCORE_* variables
 
     tmp = Path(tempfile.mkdtemp(prefix="streamscore-bench-"))
@@ -70,8 +70,8 @@ def isolated(
 
 def prepare(settings: Settings) -> None:
     """Topics and the Feast registry of a run (what `topics create` + `features apply` do)."""
-    from services.kafka import ensure_topics
-    from services.store import apply_definitions
+    from streamscore.kafka import ensure_topics
+    from streamscore.store import apply_definitions
 
     ensure_topics(settings)
     apply_definitions(settings)
@@ -92,8 +92,8 @@ class Traffic:
 def make_traffic(n: int, *, users: int = 1000, merchants: int = 200, seed: int = 7) -> Traffic:
     """``n`` transactions over the two hours that ended an hour ago (all in the past, so none is "in the
     future"; ~1% out of order and 0.1% late as the generator makes them)."""
-    from services.generator import GeneratorConfig, generate
-    from services.serde import Serde
+    from streamscore.generator import GeneratorConfig, generate
+    from streamscore.serde import Serde
 
     start = datetime.now(tz=UTC).replace(microsecond=0) - timedelta(hours=5)
     config = GeneratorConfig(events=n, users=users, merchants=merchants, seed=seed, start=start, rate=n / 7200)
@@ -113,7 +113,7 @@ def make_traffic(n: int, *, users: int = 1000, merchants: int = 200, seed: int =
 
 def produce(settings: Settings, topic: str, traffic: Traffic, limit: int | None = None) -> float:
     """Send ``traffic`` (keyed by user, Kafka timestamp = event time) and wait for every ack; returns msgs/s."""
-    from services.kafka import Producer
+    from streamscore.kafka import Producer
 
     producer = Producer(settings.kafka, client_suffix="bench-load")
     n = len(traffic) if limit is None else min(limit, len(traffic))
@@ -131,7 +131,7 @@ class Child:
     def __init__(
         self, argv: list[str], settings: Settings, workdir: Path, log: Path, extra_env: dict[str, str]
     ) -> None:
-        from services.store import settings_env
+        from streamscore.store import settings_env
 
         self.log = log
         env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
@@ -166,8 +166,8 @@ class Child:
 
 
 def processor(settings: Settings, workdir: Path, log: Path) -> Child:
-    """`python -m services features run` (what tests/features/harness.py starts, but outside the repo root)."""
-    return Child(["-m", "services", "features", "run"], settings, workdir, log, {})
+    """`python -m streamscore features run` (what tests/features/harness.py starts, but outside the repo root)."""
+    return Child(["-m", "streamscore", "features", "run"], settings, workdir, log, {})
 
 
 def scrape(port: int, timeout_s: float = 1.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
@@ -206,7 +206,7 @@ def fmt_rate(x: float) -> str:
 
 def stack_pids(settings: Settings) -> dict[str, int]:
     """Process ids of the stack's Kafka and Redis (for CPU accounting)."""
-    from services.stack import Stack
+    from streamscore.stack import Stack
 
     return {s.name: s.pid for s in Stack(settings).status() if s.pid is not None}
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from services.settings import Settings
+from streamscore.settings import Settings
 from tests.benchmarks.features_common import say
 
 
@@ -38,7 +38,7 @@ def consume_all(settings: Settings, topic: str, n: int, timeout_s: float = 60.0)
     """The first ``n`` messages of ``topic`` (all partitions from offset 0), as the consumer hands them out."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from services.kafka import consumer_config
+    from streamscore.kafka import consumer_config
 
     consumer = Consumer(consumer_config(settings.kafka, f"bench-preconsume-{time.time_ns()}"))
     try:
@@ -128,8 +128,8 @@ def _run(processor: Any, batches: list[list[Any]], partitions: int, batch_size: 
 
 
 def _new_processor(settings: Settings) -> Any:
-    from services.features import load_plans, rules_for
-    from services.features.app import FeatureProcessor
+    from streamscore.features import load_plans, rules_for
+    from streamscore.features.app import FeatureProcessor
 
     plans = load_plans(settings)
     return FeatureProcessor(settings, plans, rules_for(settings, plans))
@@ -192,7 +192,7 @@ def _categorise_pyinstrument(root: Any, events: int) -> tuple[dict[str, float], 
             if match(fn, path):
                 cats[name] += frame.time
                 return
-        if fn in _GLUE and "services/features" in path:
+        if fn in _GLUE and "services/streamscore/features" in path:
             glue = _GLUE[fn]
         children = list(frame.children)
         own = frame.time - sum(c.time for c in children)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from services.settings import Settings
+from streamscore.settings import Settings
 from tests.benchmarks.features_common import (
     Child,
     Traffic,
@@ -35,8 +35,8 @@ def consume_rate(settings: Settings, topic: str, n: int, *, decode: bool) -> flo
     timed from the end of the first batch (connection and first fetch excluded)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from services.kafka import consumer_config
-    from services.serde import Serde
+    from streamscore.kafka import consumer_config
+    from streamscore.serde import Serde
 
     serde = Serde("transaction")
     consumer = Consumer(consumer_config(settings.kafka, f"bench-ceiling-{time.time_ns()}"))
@@ -139,7 +139,7 @@ def run_processors(
 ) -> ProcessorResult:
     """Start one processor per settings (same group), time the steady part from the moment every process has
     applied a batch until all ``total`` transactions went through both stages (Prometheus counters)."""
-    from services.kafka import group_lag
+    from streamscore.kafka import group_lag
 
     procs = [processor(s, workdir / f"proc-{i}", workdir / f"proc-{i}.log") for i, s in enumerate(settings_list)]
     ports = [s.metrics_port for s in settings_list]
@@ -255,10 +255,10 @@ def freshness(
     their entity appearing in Redis."""
     import redis
 
-    from services.kafka import Producer
-    from services.serde import Serde
-    from services.store import PROJECT
-    from services.store.encoding import redis_keys
+    from streamscore.kafka import Producer
+    from streamscore.serde import Serde
+    from streamscore.store import PROJECT
+    from streamscore.store.encoding import redis_keys
 
     proc = processor(settings, workdir / "proc", workdir / "proc.log")
     serde = Serde("transaction")
@@ -374,7 +374,7 @@ def freshness(
 
 def freshness_records(n: int) -> list[dict[str, Any]]:
     """Realistic records to resend with a new event time (1,000 users, 200 merchants)."""
-    from services.generator import GeneratorConfig, generate
+    from streamscore.generator import GeneratorConfig, generate
 
     start = datetime.now(tz=UTC) - timedelta(hours=1)
     out: list[dict[str, Any]] = []

@@ -1,4 +1,4 @@
-"""Run the real feature processor (`python -m services features run`) against the test stack."""
+"""Run the real feature processor (`python -m streamscore features run`) against the test stack."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from services.kafka import group_lag
-from services.settings import Settings
-from services.store import settings_env
+from streamscore.kafka import group_lag
+from streamscore.settings import Settings
+from streamscore.store import settings_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,7 @@ class ProcessorProcess:
         env.update(settings_env(self.settings))
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services", "features", "run"],
+                [sys.executable, "-m", "streamscore", "features", "run"],
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         return self

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from services.features.plan import ViewPlan
+from streamscore.features.plan import ViewPlan
 
 
 def reference_at(plan: ViewPlan, events: pd.DataFrame, entity: str, t_ms: int) -> dict[str, float]:

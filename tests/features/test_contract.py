@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.features.plan import FUNCTIONS, ViewPlan, compile_view
-from services.features.state import ViewState
+from streamscore.features.plan import FUNCTIONS, ViewPlan, compile_view
+from streamscore.features.state import ViewState
 from tests.features.reference import reference_at
 
 WINDOWS = {"1m": timedelta(minutes=1), "5m": timedelta(minutes=5), "1h": timedelta(hours=1)}

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from services.features import backfill, load_plans, rules_for
-from services.generator import ARROW_SCHEMA
-from services.settings import Settings
-from services.store import apply_definitions, feature_store, quiet_feast
+from streamscore.features import backfill, load_plans, rules_for
+from streamscore.generator import ARROW_SCHEMA
+from streamscore.settings import Settings
+from streamscore.store import apply_definitions, feature_store, quiet_feast
 
 pytestmark = pytest.mark.integration
 

@@ -20,13 +20,13 @@ import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import KafkaException
 
-from services.features import backfill, load_plans, rules_for
-from services.features.plan import ViewPlan
-from services.generator import ARROW_SCHEMA, GeneratorConfig, generate_frame, start_ending_by
-from services.kafka import Producer, ensure_topics, read_dead_letter
-from services.serde import Serde
-from services.settings import Settings
-from services.store import apply_definitions, feature_store, quiet_feast
+from streamscore.features import backfill, load_plans, rules_for
+from streamscore.features.plan import ViewPlan
+from streamscore.generator import ARROW_SCHEMA, GeneratorConfig, generate_frame, start_ending_by
+from streamscore.kafka import Producer, ensure_topics, read_dead_letter
+from streamscore.serde import Serde
+from streamscore.settings import Settings
+from streamscore.store import apply_definitions, feature_store, quiet_feast
 from tests.conftest import free_port
 from tests.features.harness import ProcessorProcess, isolated_run, lag, wait_caught_up
 from tests.features.reference import reference_at

@@ -6,11 +6,11 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from services.features.plan import compile_view
-from services.features.rules import Deduplicator
-from services.features.snapshots import SnapshotStore
-from services.features.stages import PartitionState
-from services.features.state import ViewState
+from streamscore.features.plan import compile_view
+from streamscore.features.rules import Deduplicator
+from streamscore.features.snapshots import SnapshotStore
+from streamscore.features.stages import PartitionState
+from streamscore.features.state import ViewState
 
 
 def _plan(name: str, key: str, minutes: int):  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.generator import GeneratorConfig
+from streamscore.generator import GeneratorConfig
 
 
 def test_defaults():

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from services.generator import GeneratorConfig, generate, generate_frame, write_parquet
+from streamscore.generator import GeneratorConfig, generate, generate_frame, write_parquet
 
 CONFIG = GeneratorConfig(events=20_000, users=300, merchants=80, seed=7, rate=50.0, fraud_rate=0.02)
 

@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.generator import GeneratorConfig, generate, produce_to_kafka
-from services.generator import sinks as sinks_module
-from services.serde import Serde
-from services.settings import Settings
+from streamscore.generator import GeneratorConfig, generate, produce_to_kafka
+from streamscore.generator import sinks as sinks_module
+from streamscore.serde import Serde
+from streamscore.settings import Settings
 from tests.kafka.helpers import create_topic, read_all
 
 CONFIG = GeneratorConfig(events=3000, users=40, merchants=30, seed=13, fraud_rate=0.05)

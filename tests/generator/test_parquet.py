@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from services.generator import ARROW_SCHEMA, GeneratorConfig, generate_frame, write_parquet
+from streamscore.generator import ARROW_SCHEMA, GeneratorConfig, generate_frame, write_parquet
 
 CONFIG = GeneratorConfig(events=12_345, seed=21, users=200, merchants=50)
 

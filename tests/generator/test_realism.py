@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.generator import GeneratorConfig, generate_frame
+from streamscore.generator import GeneratorConfig, generate_frame
 
 # 50k events at a mean 0.6/s cover a little under one day from midnight: every hour is seen once.
 CONFIG = GeneratorConfig(events=50_000, users=1000, merchants=200, seed=11, rate=0.6, fraud_rate=0.02)

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.generator import GeneratorConfig, generate, generate_frame
-from services.generator.arrivals import DAY_MS, DiurnalClock
-from services.serde import Serde
+from streamscore.generator import GeneratorConfig, generate, generate_frame
+from streamscore.generator.arrivals import DAY_MS, DiurnalClock
+from streamscore.serde import Serde
 
 
 def _lag_ms(frame: pd.DataFrame) -> np.ndarray:

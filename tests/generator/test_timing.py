@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from services import cli
-from services.generator import GeneratorConfig, generate_frame, last_event_time, start_ending_by
+from streamscore import cli
+from streamscore.generator import GeneratorConfig, generate_frame, last_event_time, start_ending_by
 
 HOURS = (0, 6, 12, 18)
 CONFIG = GeneratorConfig(events=3000, rate=0.2, seed=4, users=200, merchants=50)

@@ -15,11 +15,11 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from services.features.request import REQUEST_FEATURES
-from services.models import ModelCard, Registry, build_profile, export_onnx
-from services.settings import Settings
-from services.store import OnlineWriter, apply_definitions, feature_store, quiet_feast
-from services.training import service_features
+from streamscore.features.request import REQUEST_FEATURES
+from streamscore.models import ModelCard, Registry, build_profile, export_onnx
+from streamscore.settings import Settings
+from streamscore.store import OnlineWriter, apply_definitions, feature_store, quiet_feast
+from streamscore.training import service_features
 from tests.kafka.helpers import create_topic
 
 __all__ = ["KNOWN_USERS", "MERCHANTS", "NOW_MS", "register_model", "served_settings"]

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.inference.drift import PSI_EPSILON, SCORE, DriftMonitor, DriftReport, psi, wasserstein1
-from services.models.profile import build_profile
-from services.serde import Serde
+from streamscore.inference.drift import PSI_EPSILON, SCORE, DriftMonitor, DriftReport, psi, wasserstein1
+from streamscore.models.profile import build_profile
+from streamscore.serde import Serde
 
 FEATURES = ("amount", "user_1h_count", "hour_sin", "ratio")
 MISSING_RATE = 0.05  # of user_1h_count in the reference and in undrifted live data

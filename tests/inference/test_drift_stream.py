@@ -27,18 +27,18 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from services.features import backfill, load_plans, rules_for
-from services.features.request import REQUEST_FEATURES
-from services.generator import GeneratorConfig, generate, write_parquet
-from services.generator.sinks import score_request
-from services.inference import InferenceWorker, Scorer
-from services.kafka import Consumer, Producer
-from services.models import ModelCard, Registry, build_profile, export_onnx, load_model
-from services.serde import Serde
-from services.settings import Settings
-from services.store import OnlineWriter, apply_definitions, feature_store, quiet_feast
-from services.store.reader import OnlineReader
-from services.training import service_features
+from streamscore.features import backfill, load_plans, rules_for
+from streamscore.features.request import REQUEST_FEATURES
+from streamscore.generator import GeneratorConfig, generate, write_parquet
+from streamscore.generator.sinks import score_request
+from streamscore.inference import InferenceWorker, Scorer
+from streamscore.kafka import Consumer, Producer
+from streamscore.models import ModelCard, Registry, build_profile, export_onnx, load_model
+from streamscore.serde import Serde
+from streamscore.settings import Settings
+from streamscore.store import OnlineWriter, apply_definitions, feature_store, quiet_feast
+from streamscore.store.reader import OnlineReader
+from streamscore.training import service_features
 from tests.kafka.helpers import create_topic
 
 pytestmark = pytest.mark.integration

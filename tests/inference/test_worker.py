@@ -21,13 +21,13 @@ import pytest
 from confluent_kafka import KafkaException
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from services.inference import InferenceWorker
-from services.kafka import Consumer, Producer, group_lag, read_dead_letter
-from services.models import Registry, load_model
-from services.serde import Serde
-from services.settings import Settings
-from services.store import OnlineWriter, feature_store, quiet_feast, settings_env
-from services.training import service_features
+from streamscore.inference import InferenceWorker
+from streamscore.kafka import Consumer, Producer, group_lag, read_dead_letter
+from streamscore.models import Registry, load_model
+from streamscore.serde import Serde
+from streamscore.settings import Settings
+from streamscore.store import OnlineWriter, feature_store, quiet_feast, settings_env
+from streamscore.training import service_features
 from tests.inference.helpers import KNOWN_USERS, MERCHANTS, NOW_MS, register_model, served_settings
 from tests.kafka.helpers import create_topic
 
@@ -117,7 +117,7 @@ def test_every_request_is_scored_like_feast_would_feed_the_model(served: Setting
         online = store.get_online_features(
             features=service, entity_rows=[{"user_id": r["user_id"], "merchant_id": r["merchant_id"]} for r in requests]
         ).to_dict()
-    from services.features.request import request_features
+    from streamscore.features.request import request_features
 
     stored = {k: np.array([np.nan if v is None else v for v in vals], dtype=np.float64) for k, vals in online.items()
               if k not in ("user_id", "merchant_id")}  # fmt: skip
@@ -158,7 +158,7 @@ def test_a_request_that_cannot_be_scored_is_dead_lettered_and_the_rest_are_score
     worker scores the batch request by request, dead-letters the poisoned request and publishes the rest."""
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from services.store.encoding import redis_keys
+    from streamscore.store.encoding import redis_keys
 
     poisoned = KNOWN_USERS[3]
     key = redis_keys("user_id", [poisoned], worker.reader.project)[0]
@@ -232,7 +232,7 @@ def _spawn(s: Settings, guarantee: str, log: Path) -> subprocess.Popen[bytes]:
     env["STREAMSCORE_INFERENCE__GUARANTEE"] = guarantee
     env["STREAMSCORE_METRICS_PORT"] = "0"
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "services", "inference", "run"], env=env, stdout=out,
+        return subprocess.Popen([sys.executable, "-m", "streamscore", "inference", "run"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)  # fmt: skip
 
 

@@ -8,8 +8,8 @@ import confluent_kafka
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from services.kafka import Consumer, admin_config
-from services.settings import Settings
+from streamscore.kafka import Consumer, admin_config
+from streamscore.settings import Settings
 
 
 def create_topic(settings: Settings, name: str, partitions: int = 1) -> str:

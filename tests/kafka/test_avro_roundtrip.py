@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from services.kafka import Producer
-from services.serde import SCHEMA_NAMES, Serde
-from services.settings import Settings
+from streamscore.kafka import Producer
+from streamscore.serde import SCHEMA_NAMES, Serde
+from streamscore.settings import Settings
 from tests.kafka.helpers import create_topic, read_all
 from tests.serde.samples import sample_record
 

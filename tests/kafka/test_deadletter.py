@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from services.kafka import DeadLetterPublisher, Producer, read_dead_letter
-from services.kafka.deadletter import DEAD_LETTERS
-from services.serde import Serde, SerdeError
-from services.settings import Settings
+from streamscore.kafka import DeadLetterPublisher, Producer, read_dead_letter
+from streamscore.kafka.deadletter import DEAD_LETTERS
+from streamscore.serde import Serde, SerdeError
+from streamscore.settings import Settings
 from tests.kafka.helpers import create_topic, read_all
 from tests.serde.samples import sample_record
 

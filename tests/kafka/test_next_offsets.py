@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.kafka import next_offsets
+from streamscore.kafka import next_offsets
 
 
 @dataclass

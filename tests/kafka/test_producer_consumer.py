@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from services.kafka import Consumer, DeliveryError, Producer, next_offsets
-from services.settings import Settings
+from streamscore.kafka import Consumer, DeliveryError, Producer, next_offsets
+from streamscore.settings import Settings
 from tests.kafka.helpers import create_topic, read_all
 
 pytestmark = pytest.mark.integration

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from services.kafka import admin_config, ensure_topics, topic_specs
-from services.settings import Settings
+from streamscore.kafka import admin_config, ensure_topics, topic_specs
+from streamscore.settings import Settings
 from tests.kafka.helpers import create_topic
 
 pytestmark = pytest.mark.integration

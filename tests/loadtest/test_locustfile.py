@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from services.kafka import Consumer, Producer
-from services.serde import Serde
-from services.settings import Settings
-from services.store import settings_env
+from streamscore.kafka import Consumer, Producer
+from streamscore.serde import Serde
+from streamscore.settings import Settings
+from streamscore.store import settings_env
 from tests.inference.helpers import KNOWN_USERS, MERCHANTS, served_settings
 from tests.kafka.helpers import create_topic
 
@@ -80,10 +80,10 @@ def _round_trip(s: Settings, timeout_s: float) -> None:
 
 @pytest.fixture(scope="module")
 def worker(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """A real inference worker (``python -m services inference run``) serving ``served``'s topics."""
+    """A real inference worker (``python -m streamscore inference run``) serving ``served``'s topics."""
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "services", "inference", "run"], env=_env(served),
+        proc = subprocess.Popen([sys.executable, "-m", "streamscore", "inference", "run"], env=_env(served),
                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         deadline = time.monotonic() + 90

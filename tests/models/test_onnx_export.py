@@ -15,8 +15,8 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from services.models.card import CARD_KEY, INPUT_NAME, OUTPUT_NAME, ModelCard
-from services.models.onnx_export import (
+from streamscore.models.card import CARD_KEY, INPUT_NAME, OUTPUT_NAME, ModelCard
+from streamscore.models.onnx_export import (
     IR_VERSION,
     OPSET,
     PRODUCER_NAME,

@@ -11,9 +11,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from services.errors import StreamscoreError
-from services.models.card import CARD_KEY, INPUT_NAME, OUTPUT_NAME, ModelCard
-from services.models.registry import (
+from streamscore.errors import StreamscoreError
+from streamscore.models.card import CARD_KEY, INPUT_NAME, OUTPUT_NAME, ModelCard
+from streamscore.models.registry import (
     CHALLENGER,
     CHAMPION,
     Registry,
@@ -21,9 +21,9 @@ from services.models.registry import (
     VersionInfo,
     feast_lineage,
 )
-from services.models.runtime import ModelIntegrityError
-from services.settings import Settings
-from services.store import apply_definitions
+from streamscore.models.runtime import ModelIntegrityError
+from streamscore.settings import Settings
+from streamscore.store import apply_definitions
 
 FEATURES = ("user_amount_sum_1h", "amount")
 

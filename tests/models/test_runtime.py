@@ -14,11 +14,11 @@ import pytest
 from onnx import helper
 from sklearn.pipeline import Pipeline
 
-from services.errors import StreamscoreError
-from services.models import runtime
-from services.models.card import CARD_KEY, INPUT_NAME
-from services.models.onnx_export import export_onnx, source_scores
-from services.models.runtime import (
+from streamscore.errors import StreamscoreError
+from streamscore.models import runtime
+from streamscore.models.card import CARD_KEY, INPUT_NAME
+from streamscore.models.onnx_export import export_onnx, source_scores
+from streamscore.models.runtime import (
     CPU,
     ModelIntegrityError,
     ModelLoadError,

@@ -30,19 +30,19 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.generator import GeneratorConfig, produce_to_kafka, start_ending_by
-from services.kafka import Producer, ensure_topics
-from services.monitoring.exporter import target_path
-from services.serde import Serde
-from services.settings import Settings
-from services.store import settings_env
+from streamscore.generator import GeneratorConfig, produce_to_kafka, start_ending_by
+from streamscore.kafka import Producer, ensure_topics
+from streamscore.monitoring.exporter import target_path
+from streamscore.serde import Serde
+from streamscore.settings import Settings
+from streamscore.store import settings_env
 from tests.conftest import free_port
 from tests.inference.helpers import served_settings
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-GRAFANA = ROOT / "services" / "monitoring" / "grafana"
+GRAFANA = ROOT / "services" / "streamscore" / "monitoring" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "streamscore.json"
 DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
 
@@ -188,7 +188,7 @@ def test_every_query_is_valid_promql(tmp_path: Path) -> None:
 
 
 class _Service:
-    """One `python -m services ...` child process with its own metrics port; output to ``log``."""
+    """One `python -m streamscore ...` child process with its own metrics port; output to ``log``."""
 
     def __init__(self, name: str, settings: Settings, log: Path) -> None:
         self.name = name
@@ -198,7 +198,7 @@ class _Service:
         env.update(settings_env(self.settings))
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services", *SERVICES[name]], cwd=ROOT, env=env, stdout=out,
+                [sys.executable, "-m", "streamscore", *SERVICES[name]], cwd=ROOT, env=env, stdout=out,
                 stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.port: int | None = None

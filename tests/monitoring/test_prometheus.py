@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.settings import Settings
-from services.stack import Stack
-from services.store import settings_env
+from streamscore.settings import Settings
+from streamscore.stack import Stack
+from streamscore.store import settings_env
 from tests.conftest import free_port
 from tests.inference.helpers import served_settings
 
@@ -60,7 +60,7 @@ def test_every_running_service_is_scraped_and_up(monitored: Settings, tmp_path: 
     try:
         for name, args in SERVICES.items():
             with (tmp_path / f"{name}.log").open("ab") as log:
-                procs[name] = subprocess.Popen([sys.executable, "-m", "services", *args], env=env, stdout=log,
+                procs[name] = subprocess.Popen([sys.executable, "-m", "streamscore", *args], env=env, stdout=log,
                                                stderr=subprocess.STDOUT)  # fmt: skip
         deadline = time.monotonic() + 90
         up = _up(monitored)

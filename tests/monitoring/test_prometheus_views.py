@@ -25,13 +25,13 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from rich.console import Console
 
-from services.monitoring.exporter import target_path, targets_dir
-from services.monitoring.prom import BadQuery, Prometheus
-from services.monitoring.report import ReportData, build_report, fetch, figure_path, resolve_range
-from services.monitoring.top import DriftFlag, run_top, take_snapshot
-from services.retrain.history import KIND_TAG
-from services.settings import Settings
-from services.stack.components import PrometheusComponent
+from streamscore.monitoring.exporter import target_path, targets_dir
+from streamscore.monitoring.prom import BadQuery, Prometheus
+from streamscore.monitoring.report import ReportData, build_report, fetch, figure_path, resolve_range
+from streamscore.monitoring.top import DriftFlag, run_top, take_snapshot
+from streamscore.retrain.history import KIND_TAG
+from streamscore.settings import Settings
+from streamscore.stack.components import PrometheusComponent
 from tests.conftest import free_port
 
 pytestmark = [
@@ -146,7 +146,7 @@ def register(settings: Settings, service: FakeService, port: int) -> None:
 
 def record_retrain(settings: Settings) -> None:
     """One retrain as the retrainer records it: a run tagged as triggered, then promoted version 3."""
-    from services.models.registry import Registry
+    from streamscore.models.registry import Registry
 
     registry = Registry(settings)
     with registry.start_run("retrain-test", tags={**KIND_TAG, "streamscore.trigger": "3 drifted reports"}) as run:

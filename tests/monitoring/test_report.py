@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from services.monitoring.prom import PrometheusUnavailable
-from services.monitoring.report import (
+from streamscore.monitoring.prom import PrometheusUnavailable
+from streamscore.monitoring.report import (
     ReportData,
     ReportError,
     build_report,
@@ -25,8 +25,8 @@ from services.monitoring.report import (
     png_bytes,
     resolve_range,
 )
-from services.retrain.history import Decision
-from services.settings import Settings
+from streamscore.retrain.history import Decision
+from streamscore.settings import Settings
 from tests.conftest import free_port
 
 START = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 from rich.console import Console, RenderableType
 
-from services.errors import StreamscoreError
-from services.monitoring import report, top
-from services.monitoring.prom import Prometheus, PrometheusUnavailable
-from services.monitoring.render import save_png, to_image
-from services.monitoring.top import DriftFlag, Quantiles, Snapshot, Worker, render, run_top, take_snapshot
-from services.settings import Settings
+from streamscore.errors import StreamscoreError
+from streamscore.monitoring import report, top
+from streamscore.monitoring.prom import Prometheus, PrometheusUnavailable
+from streamscore.monitoring.render import save_png, to_image
+from streamscore.monitoring.top import DriftFlag, Quantiles, Snapshot, Worker, render, run_top, take_snapshot
+from streamscore.settings import Settings
 from tests.conftest import free_port
 
 NOW = datetime(2025, 6, 1, 12, 0, 3, tzinfo=UTC)
@@ -173,11 +173,11 @@ def test_every_queried_metric_is_exported() -> None:
     """A metric renamed in a service must not leave `top` or `report` silently showing "no data"."""
     from prometheus_client import REGISTRY
 
-    import services.features.app
-    import services.inference.reports
-    import services.inference.worker
-    import services.kafka.deadletter
-    import services.retrain.metrics  # noqa: F401
+    import streamscore.features.app
+    import streamscore.inference.reports
+    import streamscore.inference.worker
+    import streamscore.kafka.deadletter
+    import streamscore.retrain.metrics  # noqa: F401
 
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
     exported = {

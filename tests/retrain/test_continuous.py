@@ -18,15 +18,15 @@ from typing import Any
 
 import pytest
 
-from services.features import backfill, load_plans, rules_for
-from services.generator import GeneratorConfig, generate, produce_to_kafka, start_ending_by, write_parquet
-from services.kafka import Consumer, ensure_topics, group_lag
-from services.models import Registry
-from services.retrain import decisions
-from services.serde import Serde
-from services.settings import Settings
-from services.store import OnlineWriter, apply_definitions, settings_env
-from services.training import train
+from streamscore.features import backfill, load_plans, rules_for
+from streamscore.generator import GeneratorConfig, generate, produce_to_kafka, start_ending_by, write_parquet
+from streamscore.kafka import Consumer, ensure_topics, group_lag
+from streamscore.models import Registry
+from streamscore.retrain import decisions
+from streamscore.serde import Serde
+from streamscore.settings import Settings
+from streamscore.store import OnlineWriter, apply_definitions, settings_env
+from streamscore.training import train
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def _spawn(s: Settings, args: list[str], log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
     env.update(settings_env(s))
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "services", *args], env=env, stdout=out,
+        return subprocess.Popen([sys.executable, "-m", "streamscore", *args], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)  # fmt: skip
 
 

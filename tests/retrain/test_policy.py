@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.retrain.policy import DriftPolicy, drifted_features
-from services.settings import RetrainSettings
+from streamscore.retrain.policy import DriftPolicy, drifted_features
+from streamscore.settings import RetrainSettings
 
 T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
 

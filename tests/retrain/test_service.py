@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from services.kafka import Consumer, Producer, read_dead_letter
-from services.models import Registry
-from services.retrain import Retrainer, decisions
-from services.serde import Serde
-from services.settings import Settings
+from streamscore.kafka import Consumer, Producer, read_dead_letter
+from streamscore.models import Registry
+from streamscore.retrain import Retrainer, decisions
+from streamscore.serde import Serde
+from streamscore.settings import Settings
 from tests.inference.helpers import served_settings
 from tests.kafka.helpers import create_topic
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from services.generator import GeneratorConfig, generate, generate_frame, produce_to_kafka, start_ending_by
-from services.kafka import Producer
-from services.retrain import WindowError, export_window
-from services.serde import Serde
-from services.settings import Settings
+from streamscore.generator import GeneratorConfig, generate, generate_frame, produce_to_kafka, start_ending_by
+from streamscore.kafka import Producer
+from streamscore.retrain import WindowError, export_window
+from streamscore.serde import Serde
+from streamscore.settings import Settings
 from tests.kafka.helpers import create_topic
 
 pytestmark = pytest.mark.integration

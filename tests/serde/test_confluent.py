@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from services.serde import SchemaStore, Serde, SerdeError
+from streamscore.serde import SchemaStore, Serde, SerdeError
 
 from .samples import sample_record
 
@@ -32,7 +32,7 @@ def url() -> str:
 
 
 def _client(url: str):
-    from services.serde.framing import _client_for
+    from streamscore.serde.framing import _client_for
 
     client = _client_for(url)
     assert isinstance(client, MockSchemaRegistryClient)
@@ -69,7 +69,7 @@ def test_default_subject_is_name_value(url):
 
 
 def test_old_writer_schema_is_resolved_from_the_registry(url):
-    from services.serde.schemas import DEFAULT_SCHEMAS_DIR
+    from streamscore.serde.schemas import DEFAULT_SCHEMAS_DIR
 
     old = json.loads((DEFAULT_SCHEMAS_DIR / "transaction.avsc").read_text())
     old["fields"] = [f for f in old["fields"] if f["name"] != "is_fraud"]

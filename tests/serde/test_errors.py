@@ -12,7 +12,7 @@ from fastavro.validation import validate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.serde import REASONS, SCHEMA_NAMES, SchemaStore, Serde, SerdeError, load_schema
+from streamscore.serde import REASONS, SCHEMA_NAMES, SchemaStore, Serde, SerdeError, load_schema
 
 from .samples import sample_record
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from services.serde import SchemaStore, Serde, SerdeError, check_compatible
+from streamscore.serde import SchemaStore, Serde, SerdeError, check_compatible
 
 from .samples import sample_record
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 from fastavro.schema import to_parsing_canonical_form
 
-from services.serde import SCHEMA_NAMES, Serde, load_schema
-from services.serde.schemas import fingerprint_of
+from streamscore.serde import SCHEMA_NAMES, Serde, load_schema
+from streamscore.serde.schemas import fingerprint_of
 
 from .samples import sample_record
 

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from services.serde import SCHEMA_NAMES, SchemaStore, Serde
+from streamscore.serde import SCHEMA_NAMES, SchemaStore, Serde
 
 from .samples import sample_record
 
@@ -56,7 +56,7 @@ def test_timestamp_millis_accepts_datetime_and_int_millis():
 
 
 def test_from_schema_and_named_serde_agree():
-    from services.serde import load_schema
+    from streamscore.serde import load_schema
 
     assert Serde.from_schema(load_schema("transaction")).fingerprint == Serde("transaction").fingerprint
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from services.serde import SCHEMA_NAMES, SchemaStore, Serde, SerdeError, load_schema
-from services.serde.schemas import DEFAULT_SCHEMAS_DIR, fingerprint_of
+from streamscore.serde import SCHEMA_NAMES, SchemaStore, Serde, SerdeError, load_schema
+from streamscore.serde.schemas import DEFAULT_SCHEMAS_DIR, fingerprint_of
 
 RECORD_NAMES = {
     "transaction": "Transaction",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from services.stack import Stack, StackError
-from services.stack.process import ManagedProcess, PidRecord
+from streamscore.stack import Stack, StackError
+from streamscore.stack.process import ManagedProcess, PidRecord
 from tests.conftest import free_port, stack_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def test_up_twice_finds_what_runs(stack: Stack) -> None:
 
 def test_status_json_is_well_formed(stack: Stack) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "services", "stack", "status", "--json"],
+        [sys.executable, "-m", "streamscore", "stack", "status", "--json"],
         env=_cli_env(stack), capture_output=True, text=True, cwd=ROOT, check=True,
     )  # fmt: skip
     rows = json.loads(proc.stdout)

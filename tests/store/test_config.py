@@ -11,8 +11,8 @@ from feast.infra.online_stores.redis import RedisOnlineStore
 from feast.repo_config import load_repo_config
 from google.protobuf.message import Message
 
-from services.settings import ConfigError, Settings, load_settings
-from services.store import (
+from streamscore.settings import ConfigError, Settings, load_settings
+from streamscore.store import (
     REPO_PATH,
     apply_definitions,
     feast_env,
@@ -21,7 +21,7 @@ from services.store import (
     repo_config,
     settings_env,
 )
-from services.store.config import redis_connection_string, registry_path
+from streamscore.store.config import redis_connection_string, registry_path
 
 pytestmark = [
     pytest.mark.integration,

@@ -17,8 +17,8 @@ from feast.protos.feast.types.Value_pb2 import Value
 from feast.types import Int64
 from prometheus_client import REGISTRY
 
-from services.settings import RedisSettings, Settings
-from services.store import OnlineWriter, apply_definitions, feature_store, quiet_feast, repo_config
+from streamscore.settings import RedisSettings, Settings
+from streamscore.store import OnlineWriter, apply_definitions, feature_store, quiet_feast, repo_config
 from tests.conftest import free_port
 from tests.store.helpers import CountingConnection
 

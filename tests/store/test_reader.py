@@ -27,11 +27,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.settings import Settings
-from services.store import OnlineWriter, apply_definitions, feature_store, quiet_feast
-from services.store.encoding import redis_keys
-from services.store.reader import OnlineBatch, OnlineReader, decode_timestamps, decode_values
-from services.training.dataset import service_features
+from streamscore.settings import Settings
+from streamscore.store import OnlineWriter, apply_definitions, feature_store, quiet_feast
+from streamscore.store.encoding import redis_keys
+from streamscore.store.reader import OnlineBatch, OnlineReader, decode_timestamps, decode_values
+from streamscore.training.dataset import service_features
 from tests.store.helpers import CountingConnection
 
 pytestmark = pytest.mark.filterwarnings("ignore:Stream feature views are experimental:RuntimeWarning")

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from services.features import backfill, load_plans, rules_for
-from services.generator import GeneratorConfig, write_parquet
-from services.settings import Settings
-from services.store import apply_definitions
+from streamscore.features import backfill, load_plans, rules_for
+from streamscore.generator import GeneratorConfig, write_parquet
+from streamscore.settings import Settings
+from streamscore.store import apply_definitions
 
 VIEWS = ("user_transactions", "merchant_transactions")
 CONFIG = GeneratorConfig(

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from services import cli
-from services.models import CHALLENGER, CHAMPION
+from streamscore import cli
+from streamscore.models import CHALLENGER, CHAMPION
 from tests.training.helpers import History, data_dir_with
 
 pytestmark = pytest.mark.integration

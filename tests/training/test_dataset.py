@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from services.features.request import REQUEST_FEATURES, request_features
-from services.generator import ARROW_SCHEMA
-from services.settings import Settings
-from services.store import feature_store, quiet_feast
-from services.training import TrainingDataError, TrainingSet, build_training_set, service_features
-from services.training.dataset import SPLITS
+from streamscore.features.request import REQUEST_FEATURES, request_features
+from streamscore.generator import ARROW_SCHEMA
+from streamscore.settings import Settings
+from streamscore.store import feature_store, quiet_feast
+from streamscore.training import TrainingDataError, TrainingSet, build_training_set, service_features
+from streamscore.training.dataset import SPLITS
 from tests.training.helpers import VIEWS, History, data_dir_with
 
 pytestmark = pytest.mark.integration

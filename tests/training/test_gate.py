@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.training.gate import decide, evaluate, f1_threshold
-from services.training.trainers import impute, medians
+from streamscore.training.gate import decide, evaluate, f1_threshold
+from streamscore.training.trainers import impute, medians
 
 BASELINE = {"roc_auc": 0.5, "pr_auc": 0.02, "rows": 1000.0, "positives": 20.0}
 CHAMPION = {"roc_auc": 0.90, "pr_auc": 0.40, "rows": 1000.0, "positives": 20.0}

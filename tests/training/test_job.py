@@ -14,7 +14,7 @@ import onnx
 import pytest
 from threadpoolctl import threadpool_limits
 
-from services.models import (
+from streamscore.models import (
     CHALLENGER,
     CHAMPION,
     EquivalenceError,
@@ -24,10 +24,10 @@ from services.models import (
     open_session,
     sha256_hex,
 )
-from services.settings import Settings
-from services.store import feature_store
-from services.training import TrainingDataError, TrainingSet, TrainResult, build_training_set, evaluate, train
-from services.training.trainers import impute
+from streamscore.settings import Settings
+from streamscore.store import feature_store
+from streamscore.training import TrainingDataError, TrainingSet, TrainResult, build_training_set, evaluate, train
+from streamscore.training.trainers import impute
 from tests.training.helpers import History, data_dir_with
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,0 @@
-from services.cli import main
-
-if __name__ == "__main__":
-    main()

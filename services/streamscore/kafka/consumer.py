@@ -1,0 +1,91 @@
+"""A manual-commit consumer that hands out batches and commits exactly what the caller finished."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import confluent_kafka
+from confluent_kafka import TopicPartition
+
+from streamscore.kafka.config import consumer_config
+from streamscore.settings import KafkaSettings
+
+__all__ = ["Consumer", "ConsumerError", "next_offsets"]
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerError(RuntimeError):
+    """A non-retriable error reported by the consumer (retriable ones are retried by librdkafka itself)."""
+
+
+def next_offsets(messages: Iterable[confluent_kafka.Message]) -> list[TopicPartition]:
+    """The offsets to commit after ``messages``: one past the highest offset seen per partition."""
+    highest: dict[tuple[str, int], int] = {}
+    for msg in messages:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if topic is None or partition is None or offset is None:
+            continue  # a message that was never consumed has no position to commit
+        if offset > highest.get((topic, partition), -1):
+            highest[(topic, partition)] = offset
+    return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(highest.items())]
+
+
+class Consumer:
+    """Thin wrapper over :class:`confluent_kafka.Consumer` with auto-commit off.
+
+    Use :meth:`poll_batch` to take up to ``max_messages`` or wait at most ``timeout_s``, then
+    :meth:`commit` the same messages once their output is acknowledged.
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        group_id: str,
+        topics: Sequence[str],
+        *,
+        client_suffix: str = "consumer",
+        **overrides: Any,
+    ) -> None:
+        self._consumer = confluent_kafka.Consumer(
+            consumer_config(kafka, group_id, client_suffix=client_suffix, **overrides)
+        )
+        if topics:  # no topics: the caller assigns partitions itself (``raw.assign``)
+            self._consumer.subscribe(list(topics))
+
+    def poll_batch(self, max_messages: int = 500, timeout_s: float = 0.1) -> list[confluent_kafka.Message]:
+        """Messages without errors; a fatal consumer error raises :class:`ConsumerError`."""
+        batch = self._consumer.consume(num_messages=max_messages, timeout=timeout_s)
+        good: list[confluent_kafka.Message] = []
+        for msg in batch:
+            err = msg.error()
+            if err is None:
+                good.append(msg)
+            elif err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                continue
+            elif err.fatal() or not err.retriable():
+                raise ConsumerError(err.str())
+            else:
+                log.warning("transient consumer error (librdkafka retries it): %s", err.str())
+        return good
+
+    def commit(self, messages: Iterable[confluent_kafka.Message]) -> None:
+        """Synchronously commit the offsets after ``messages`` (no-op for an empty batch)."""
+        offsets = next_offsets(messages)
+        if offsets:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @property
+    def raw(self) -> confluent_kafka.Consumer:
+        return self._consumer

@@ -1,0 +1,21 @@
+"""Serving's one way to get a model: resolve an alias in the registry, fetch the ONNX file, check its
+sha256 against the registry, and open an ONNX Runtime session on the configured providers."""
+
+from __future__ import annotations
+
+from streamscore.models.registry import CHAMPION, Registry
+from streamscore.models.runtime import ScoringSession, open_session
+from streamscore.settings import Settings
+
+__all__ = ["load_model"]
+
+
+def load_model(settings: Settings, alias: str | int = CHAMPION, *, registry: Registry | None = None) -> ScoringSession:
+    """The registered model ``alias`` (default the champion) ready to score; ``session.provider`` says
+    which execution provider it got. Raises RegistryError, ModelIntegrityError or ModelLoadError."""
+    registry = registry or Registry(settings)
+    data, info = registry.fetch(alias)
+    return open_session(
+        data, expected_sha256=info.sha256, providers=settings.model.providers,
+        intra_op_threads=settings.model.intra_op_threads, version=str(info.version),
+    )  # fmt: skip

@@ -1,0 +1,482 @@
+"""Framed Avro messages: :class:`Serde` turns records into self-describing bytes and back.
+
+A bare Avro body cannot be read without the exact schema that wrote it, so every message starts
+with a header naming that schema. Two framings are understood, told apart by the first byte:
+
+* ``C3 01`` + 8-byte little-endian CRC-64-AVRO fingerprint (Avro single-object encoding): needs
+  no service; the reader finds the writer schema in a :class:`~streamscore.serde.schemas.SchemaStore`.
+* ``00`` + 4-byte big-endian schema id (Confluent wire format): interoperates with Kafka tooling;
+  the reader fetches the writer schema from the Schema Registry.
+
+Both go through the same fastavro encoder/decoder and raise only
+:class:`~streamscore.serde.errors.SerdeError`, so a consumer handles one error type whatever wrote
+the message. Decoding resolves the writer schema into the reader's, which is what lets a new
+reader consume old messages.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import numbers
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from io import BytesIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from fastavro import schemaless_reader, schemaless_writer
+from fastavro.read import SchemaResolutionError
+
+from streamscore.serde.compat import check_compatible
+from streamscore.serde.errors import SerdeError
+from streamscore.serde.schemas import (
+    DEFAULT_SCHEMAS_DIR,
+    LoadedSchema,
+    ParsedSchema,
+    SchemaStore,
+    default_store,
+    load_file,
+    parse,
+    schema_path,
+)
+
+if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+__all__ = ["CONFLUENT_MAGIC", "SINGLE_OBJECT_MAGIC", "Serde"]
+
+SINGLE_OBJECT_MAGIC: Final = b"\xc3\x01"
+CONFLUENT_MAGIC: Final = b"\x00"
+_SINGLE_OBJECT_HEADER: Final = len(SINGLE_OBJECT_MAGIC) + 8
+_CONFLUENT_HEADER: Final = len(CONFLUENT_MAGIC) + 4
+
+
+class Serde:
+    """Encoder/decoder for one record schema (the writer schema for ``encode``, the reader schema
+    for ``decode``).
+
+    Without ``registry_url`` it writes single-object framing; with one it writes Confluent framing,
+    registering its schema under ``subject`` (default ``<name>-value``; pass ``<topic>-value`` for
+    the TopicNameStrategy) on first use. It reads both framings either way, provided it can find
+    the writer schema. ``store`` defaults to one store per schemas folder shared by the process.
+
+    Decoded ``timestamp-millis`` fields are timezone-aware UTC :class:`datetime.datetime`; encode
+    accepts those or int milliseconds. Keys of ``record`` that the schema does not have are
+    ignored. Instances are safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        store: SchemaStore | None = None,
+        registry_url: str | None = None,
+        subject: str | None = None,
+        schemas_dir: str | Path | None = None,
+    ) -> None:
+        path = schema_path(name, schemas_dir)
+        store = store if store is not None else default_store(path.parent)
+        self._setup(name, load_file(path), store, registry_url, subject)
+
+    @classmethod
+    def from_schema(
+        cls,
+        schema: Mapping[str, Any],
+        store: SchemaStore | None = None,
+        registry_url: str | None = None,
+        subject: str | None = None,
+    ) -> Serde:
+        """A Serde for an in-memory schema (e.g. an older or newer version in a test).
+
+        The schema is added to ``store`` so that readers sharing the store can decode its output.
+        """
+        loaded = parse(schema)
+        name = str(loaded.parsed.get("name", "")).rsplit(".", 1)[-1]
+        serde = cls.__new__(cls)
+        store = store if store is not None else default_store(DEFAULT_SCHEMAS_DIR.resolve())
+        serde._setup(name, loaded, store, registry_url, subject)
+        return serde
+
+    def _setup(
+        self,
+        name: str,
+        loaded: LoadedSchema,
+        store: SchemaStore,
+        registry_url: str | None,
+        subject: str | None,
+    ) -> None:
+        if loaded.parsed.get("type") not in ("record", "error"):
+            raise SerdeError("bad-schema", f"{name}: a Serde needs a record schema")
+        self._name = name
+        self._loaded = loaded
+        self._schema = loaded.parsed
+        self._store = store
+        store.add_loaded(loaded)
+        self._guard = _compile_guard(loaded.parsed)
+        self._single_object_header = SINGLE_OBJECT_MAGIC + loaded.fingerprint
+        # Writer fingerprint -> writer schema to resolve from (None: same as ours, no resolution).
+        self._writers: dict[bytes, ParsedSchema | None] = {loaded.fingerprint: None}
+        self._refused: dict[bytes, str] = {}
+        self._registry = _Registry(registry_url) if registry_url else None
+        self._subject = subject or (f"{name}-value" if registry_url else None)
+        self._confluent_header: bytes | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def schema(self) -> ParsedSchema:
+        """The parsed schema (shared; do not mutate)."""
+        return self._schema
+
+    @property
+    def fingerprint(self) -> bytes:
+        """The 8-byte CRC-64-AVRO fingerprint, as it appears in single-object framing."""
+        return self._loaded.fingerprint
+
+    @property
+    def subject(self) -> str | None:
+        return self._subject
+
+    def __repr__(self) -> str:
+        framing = f"confluent subject={self._subject!r}" if self._registry else "single-object"
+        return f"Serde({self._name!r}, fingerprint={self.fingerprint.hex()}, {framing})"
+
+    # -- encode -----------------------------------------------------------------------------------
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        """Frame and encode ``record``; ``SerdeError("bad-type")`` if it does not fit the schema."""
+        if self._guard is not None:
+            self._guard(record)
+        header = self._single_object_header if self._registry is None else self._confluent_prefix()
+        out = BytesIO()
+        out.write(header)
+        try:
+            schemaless_writer(out, self._schema, record)
+        except Exception as exc:
+            raise SerdeError("bad-type", f"{self._name}: {exc}") from exc
+        return out.getvalue()
+
+    def _confluent_prefix(self) -> bytes:
+        header = self._confluent_header
+        if header is None:
+            with self._lock:
+                if self._confluent_header is None:
+                    assert self._registry is not None
+                    assert self._subject is not None
+                    schema_id = self._registry.register(self._subject, self._loaded)
+                    self._confluent_header = CONFLUENT_MAGIC + schema_id.to_bytes(4, "big")
+                header = self._confluent_header
+        return header
+
+    # -- decode -----------------------------------------------------------------------------------
+
+    def decode(self, data: bytes | bytearray | memoryview | None) -> dict[str, Any]:
+        """Decode one framed message into a record of this Serde's schema.
+
+        ``None`` (a Kafka tombstone) counts as an empty message. Raises only SerdeError.
+        """
+        if data is None:
+            raise SerdeError("truncated", "empty message (None)")
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise SerdeError("corrupt", f"expected bytes, got {type(data).__name__}")
+        size = len(data)
+        if size == 0:
+            raise SerdeError("truncated", "empty message")
+        first = data[0]
+        if first == SINGLE_OBJECT_MAGIC[0]:
+            if size >= 2 and data[1] != SINGLE_OBJECT_MAGIC[1]:
+                raise SerdeError("bad-magic", f"single-object marker must be c301, got {bytes(data[:2]).hex()}")
+            if size < _SINGLE_OBJECT_HEADER:
+                raise SerdeError("truncated", f"{size} bytes, the single-object header alone is 10")
+            writer = self._writer_by_fingerprint(bytes(data[2:_SINGLE_OBJECT_HEADER]))
+            return self._read_body(data, _SINGLE_OBJECT_HEADER, writer)
+        if first == CONFLUENT_MAGIC[0]:
+            if self._registry is None:
+                raise SerdeError("unknown-schema", "Confluent-framed message but no schema registry is configured")
+            if size < _CONFLUENT_HEADER:
+                raise SerdeError("truncated", f"{size} bytes, the Confluent header alone is 5")
+            loaded = self._registry.writer(int.from_bytes(data[1:_CONFLUENT_HEADER], "big"))
+            return self._read_body(data, _CONFLUENT_HEADER, self._writer_by_schema(loaded))
+        raise SerdeError("bad-magic", f"unknown framing byte 0x{first:02x}")
+
+    def _writer_by_fingerprint(self, fingerprint: bytes) -> ParsedSchema | None:
+        try:
+            return self._writers[fingerprint]
+        except KeyError:
+            pass
+        writer = self._store.get(fingerprint)  # SerdeError("unknown-schema") when absent
+        return self._admit(fingerprint, writer)
+
+    def _writer_by_schema(self, loaded: LoadedSchema) -> ParsedSchema | None:
+        try:
+            return self._writers[loaded.fingerprint]
+        except KeyError:
+            return self._admit(loaded.fingerprint, loaded.parsed)
+
+    def _admit(self, fingerprint: bytes, writer: ParsedSchema) -> ParsedSchema:
+        """Check a writer schema once; fastavro alone would only fail on the messages that hit a
+        problematic branch, and with a less helpful message."""
+        refused = self._refused.get(fingerprint)
+        if refused is None:
+            try:
+                check_compatible(self._schema, writer)
+            except SerdeError as exc:
+                refused = self._refused[fingerprint] = exc.detail
+            else:
+                self._writers[fingerprint] = writer
+                return writer
+        raise SerdeError("incompatible", f"writer schema {fingerprint.hex()} -> {self._name}: {refused}")
+
+    def _read_body(
+        self, data: bytes | bytearray | memoryview, offset: int, writer: ParsedSchema | None
+    ) -> dict[str, Any]:
+        stream = BytesIO(data)
+        stream.seek(offset)
+        try:
+            if writer is None:
+                record = schemaless_reader(stream, self._schema, None)
+            else:
+                record = schemaless_reader(stream, writer, self._schema)
+        except SchemaResolutionError as exc:
+            raise SerdeError("incompatible", f"{self._name}: {exc}") from exc
+        except EOFError as exc:
+            raise SerdeError(
+                "corrupt", f"{self._name}: body ended early (cut short or written with another schema)"
+            ) from exc
+        except Exception as exc:
+            raise SerdeError("corrupt", f"{self._name}: body does not decode: {exc!r}") from exc
+        # fastavro stops where the record ends; bytes after it mean the framing or body is wrong.
+        leftover = len(data) - stream.tell()
+        if leftover:
+            raise SerdeError("corrupt", f"{self._name}: {leftover} trailing bytes after the body")
+        if not isinstance(record, dict):  # pragma: no cover - a record schema always yields a dict
+            raise SerdeError("corrupt", f"{self._name}: body decoded to {type(record).__name__}")
+        return record
+
+
+# -- Confluent Schema Registry ----------------------------------------------------------------------
+
+
+@functools.cache
+def _client_for(url: str) -> SchemaRegistryClient:
+    """One client per URL and process: it holds the id caches, and ``mock://`` clients hold their
+    whole registry, which readers and writers must share."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    return SchemaRegistryClient.new_client({"url": url})
+
+
+class _Registry:
+    """Registry access with the caching and error mapping a Serde needs."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        try:
+            self._client = _client_for(url)
+        except ImportError as exc:
+            raise SerdeError(
+                "registry",
+                f"the schema registry client is not installed (confluent-kafka[schemaregistry]): {exc}",
+            ) from exc
+        except Exception as exc:
+            raise SerdeError("registry", f"cannot create a registry client for {url}: {exc}") from exc
+        self._by_id: dict[int, LoadedSchema] = {}
+
+    def register(self, subject: str, loaded: LoadedSchema) -> int:
+        from confluent_kafka.schema_registry import Schema
+
+        try:
+            return int(self._client.register_schema(subject, Schema(loaded.json_text, "AVRO")))
+        except Exception as exc:
+            raise SerdeError("registry", f"cannot register {subject!r} at {self._url}: {exc}") from exc
+
+    def writer(self, schema_id: int) -> LoadedSchema:
+        loaded = self._by_id.get(schema_id)
+        if loaded is not None:
+            return loaded
+        from confluent_kafka.schema_registry import SchemaRegistryError
+
+        try:
+            schema = self._client.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                raise SerdeError("unknown-schema", f"schema id {schema_id} is not in the registry") from exc
+            raise SerdeError("registry", f"fetching schema id {schema_id}: {exc}") from exc
+        except Exception as exc:
+            raise SerdeError("registry", f"fetching schema id {schema_id}: {exc}") from exc
+        if (schema.schema_type or "AVRO") != "AVRO" or schema.references:
+            raise SerdeError("unknown-schema", f"schema id {schema_id} is not a self-contained Avro schema")
+        try:
+            document = json.loads(schema.schema_str or "")
+        except ValueError as exc:
+            raise SerdeError("bad-schema", f"schema id {schema_id} is not JSON: {exc}") from exc
+        if not isinstance(document, dict):
+            raise SerdeError("bad-schema", f"schema id {schema_id} is not a record schema")
+        loaded = self._by_id[schema_id] = parse(document)
+        return loaded
+
+
+# -- encode guard -----------------------------------------------------------------------------------
+# fastavro's writer silently coerces some wrong types (the string "1.5" into a double, 1.7 into a
+# long, any truthy value into a boolean, a string into an array of characters). Running the full
+# validator first roughly doubles encoding cost, so only the fields whose writer is lenient get a
+# cheap check here; the writer's own errors catch the rest. Unions need none: fastavro validates
+# the value against each branch to pick one.
+
+_Check = Callable[[Any], None]
+_MISSING: Final = object()
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+
+
+def _fail(path: str, expected: str, value: Any) -> SerdeError:
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return SerdeError("bad-type", f"{path}: expected {expected}, got {type(value).__name__} {shown}")
+
+
+def _is_integral(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _primitive_check(kind: str, logical: str | None, path: str) -> _Check | None:
+    if kind == "null":
+
+        def check_null(value: Any) -> None:
+            if value is not None:
+                raise _fail(path, "null", value)
+
+        return check_null
+    if kind == "boolean":
+
+        def check_boolean(value: Any) -> None:
+            if value is not True and value is not False:
+                raise _fail(path, "boolean", value)
+
+        return check_boolean
+    if kind in ("int", "long"):
+        # Logical int/long types (timestamp-millis, date, ...) also take date/time objects; the
+        # writer rejects the wrong kind of those itself.
+        temporal = (dt.date, dt.time) if logical else ()
+        ranged = kind == "int"
+
+        def check_integer(value: Any) -> None:
+            if type(value) is int or _is_integral(value):
+                if ranged and not _INT_MIN <= value <= _INT_MAX:
+                    raise _fail(path, "a 32-bit int", value)
+            elif not (temporal and isinstance(value, temporal)):
+                raise _fail(path, f"{logical or kind}", value)
+
+        return check_integer
+    if kind in ("float", "double"):
+
+        def check_real(value: Any) -> None:
+            if (
+                type(value) is not float
+                and type(value) is not int
+                and (isinstance(value, bool) or not isinstance(value, numbers.Real))
+            ):
+                raise _fail(path, kind, value)
+
+        return check_real
+    return None  # string, bytes: fastavro's writer already rejects wrong types
+
+
+class _GuardBuilder:
+    def __init__(self, named: Mapping[str, Any]) -> None:
+        self._named = named
+        self._in_progress: set[str] = set()
+
+    def build(self, node: Any, path: str) -> _Check | None:
+        if isinstance(node, list):
+            return None
+        if isinstance(node, str):
+            named = self._named.get(node)
+            return self.build(named, path) if named is not None else _primitive_check(node, None, path)
+        kind = node.get("type")
+        if not isinstance(kind, str) or kind in self._named:
+            return self.build(kind, path)
+        if kind in ("record", "error"):
+            return self._record(node, path)
+        if kind == "array":
+            return self._array(self.build(node["items"], f"{path}[]"), path)
+        if kind == "map":
+            return self._map(self.build(node["values"], f"{path}{{}}"), path)
+        if kind == "enum":
+            return self._enum(node, path)
+        if kind == "fixed":
+            return None
+        return _primitive_check(kind, node.get("logicalType"), path)
+
+    def _record(self, node: Mapping[str, Any], path: str) -> _Check | None:
+        name = node["name"]
+        if name in self._in_progress:
+            return None  # recursive type: deeper levels are left to the writer
+        self._in_progress.add(name)
+        try:
+            checks = [
+                (field["name"], check)
+                for field in node["fields"]
+                if (check := self.build(field["type"], f"{path}.{field['name']}")) is not None
+            ]
+        finally:
+            self._in_progress.discard(name)
+        if not checks:
+            return None
+
+        def check_record(value: Any) -> None:
+            if not isinstance(value, Mapping):
+                raise _fail(path, "a mapping (record)", value)
+            for field_name, check in checks:
+                item = value.get(field_name, _MISSING)
+                if item is not _MISSING:
+                    check(item)
+
+        return check_record
+
+    @staticmethod
+    def _enum(node: Mapping[str, Any], path: str) -> _Check:
+        # The writer rejects unknown symbols too, but without saying which field.
+        symbols = frozenset(node["symbols"])
+        expected = f"one of {sorted(symbols)}"
+
+        def check_enum(value: Any) -> None:
+            if not isinstance(value, str) or value not in symbols:
+                raise _fail(path, expected, value)
+
+        return check_enum
+
+    @staticmethod
+    def _array(items: _Check | None, path: str) -> _Check:
+        def check_array(value: Any) -> None:
+            if type(value) is not list and (
+                not isinstance(value, Sequence) or isinstance(value, str | bytes | bytearray)
+            ):
+                raise _fail(path, "an array (list)", value)
+            if items is not None:
+                for item in value:
+                    items(item)
+
+        return check_array
+
+    @staticmethod
+    def _map(values: _Check | None, path: str) -> _Check | None:
+        if values is None:
+            return None  # the writer already requires a mapping with string keys
+
+        def check_map(value: Any) -> None:
+            if not isinstance(value, Mapping):
+                raise _fail(path, "a map", value)
+            for item in value.values():
+                values(item)
+
+        return check_map
+
+
+def _compile_guard(schema: ParsedSchema) -> _Check | None:
+    named: Mapping[str, Any] = schema.get("__named_schemas", {})
+    return _GuardBuilder(named).build(schema, str(schema["name"]).rsplit(".", 1)[-1])
