@@ -187,7 +187,7 @@ def test_pipeline_services_reach_kafka_and_redis_inside_the_network() -> None:
         assert "streamscore-data:/data" in compose["services"][name]["volumes"]
     assert compose["services"]["features"]["command"] == ["features", "run"]
     assert compose["services"]["inference"]["command"] == ["inference", "run"]
-    assert compose["services"]["retrain"]["command"] == ["retrain-on-drift"]
+    assert compose["services"]["retrain"]["command"] == ["retrain", "run"]
     for name in PIPELINE:
         assert compose["services"][name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
         env = compose["services"][name]["environment"]

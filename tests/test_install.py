@@ -84,6 +84,10 @@ def test_the_cli_as_the_image_runs_it(installed: tuple[Path, Path, dict[str, str
     assert {v["view"] for v in plan} == {"user_transactions", "merchant_transactions"}
     listed = _run([cli, "feast", "feature-services", "list"], work, env)
     assert "fraud_model_v1" in listed
+    views = subprocess.run([cli, "feast", "stream-feature-views", "list"], cwd=work, env=env, capture_output=True,
+                           text=True, timeout=300, check=True)  # fmt: skip
+    assert {"user_transactions", "merchant_transactions"} <= set(views.stdout.split())
+    assert "Warning" not in views.stderr  # Feast's alpha warning about our own views is silenced
     assert "--guarantee" in _run([cli, "inference", "run", "--help"], work, env)
     assert sorted(p.name for p in work.iterdir()) == []  # nothing written where it runs: all under the data dir
 

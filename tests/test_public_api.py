@@ -19,7 +19,7 @@ EXPECTED = {
     "streamscore.stack": {"ComponentStatus", "Stack", "StackError"},
     "streamscore.store": {
         "PROJECT", "REPO_PATH", "OnlineWriter", "apply_definitions", "feast_env", "feature_store", "quiet_feast",
-        "repo_config", "settings_env",
+        "repo_config",
     },
     "streamscore.generator": {
         "ARROW_SCHEMA", "GeneratorConfig", "generate", "generate_frame", "generate_tables", "last_event_time",
@@ -39,7 +39,7 @@ EXPECTED = {
         "GateReport", "TrainResult", "TrainingDataError", "TrainingSet", "build_training_set", "decide", "evaluate",
         "service_features", "train",
     },
-    "streamscore.monitoring": {"Prometheus", "PrometheusError", "serve_metrics"},
+    "streamscore.monitoring": {"Prometheus", "PrometheusError"},
     "streamscore.retrain": {
         "Decision", "DriftPolicy", "RecentWindow", "RetrainOutcome", "Retrainer", "Trigger", "WindowError",
         "decisions", "export_window", "retrain_now", "run_retrainer",

@@ -106,3 +106,30 @@ def test_every_setting_has_an_env_name_and_description() -> None:
         env, _, description = (cell.strip() for cell in line.strip("|").split("|"))
         assert env.strip("`") in names
         assert description, f"{env} has no description"
+
+
+def test_drift_thresholds_are_their_own_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMSCORE_DRIFT__PSI_THRESHOLD", "0.3")
+    monkeypatch.setenv("STREAMSCORE_DRIFT__INTERVAL_S", "7")
+    settings = load_settings()
+    assert (settings.drift.psi_threshold, settings.drift.interval_s) == (0.3, 7.0)
+    assert not hasattr(settings.inference, "drift_psi_threshold")
+
+
+def test_a_moved_setting_names_its_new_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMSCORE_INFERENCE__DRIFT_PSI_THRESHOLD", "0.3")
+    with pytest.raises(ConfigError, match="is now STREAMSCORE_DRIFT__PSI_THRESHOLD"):
+        load_settings()
+
+
+def test_a_nested_value_that_is_not_json_names_its_variable() -> None:
+    """Not a traceback from pydantic-settings' EnvSettingsSource: one line and exit 2, like any bad setting."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSCORE_")}
+    env["STREAMSCORE_KAFKA__EXTRA"] = "acks=all"
+    done = subprocess.run([sys.executable, "-m", "streamscore", "config", "show"], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert "STREAMSCORE_KAFKA__EXTRA" in lines[0]
+    assert "JSON" in lines[0]

@@ -19,10 +19,8 @@
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -41,7 +39,8 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 from streamscore.errors import StreamscoreError
 from streamscore.kafka import Consumer, Producer, group_lag
 from streamscore.serde import Serde
-from streamscore.settings import Settings
+from streamscore.settings import Settings, child_env
+from streamscore.stack.supervisor import spawn, stop_all, wait_for_line
 
 __all__ = ["run_avro_roundtrip", "run_demo", "sample_transactions"]
 
@@ -144,27 +143,6 @@ def _wait_caught_up(
     raise RuntimeError(f"the {what} did not catch up within {timeout_s:.0f}s; see {log}")
 
 
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "streamscore", *args], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-
-
-def _wait_for_line(proc: subprocess.Popen[bytes], log: Path, offset: int, text: str, timeout_s: float) -> None:
-    """Until ``text`` appears in ``log`` after ``offset`` (the log's size when the process started)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the process logging to {log} exited with {proc.returncode}")
-        with log.open("rb") as f:
-            f.seek(offset)
-            if text.encode() in f.read():
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"no {text!r} in {log} within {timeout_s:.0f}s")
-
-
 def read_predictions(settings: Settings, wanted: set[str], timeout_s: float = 30.0) -> dict[str, dict[str, Any]]:
     """The predictions of the ``wanted`` request ids, read back from the predictions topic (latest per id)."""
     serde = Serde("prediction", registry_url=settings.schema_registry_url,
@@ -258,20 +236,6 @@ def _watch(
     return bool(until())
 
 
-def _stop(procs: dict[str, subprocess.Popen[bytes]], console: Console, timeout_s: float = 60.0) -> None:
-    """SIGTERM (each commits and exits cleanly), then SIGKILL for any that has not exited in ``timeout_s``."""
-    for proc in procs.values():
-        proc.terminate()
-    deadline = time.monotonic() + timeout_s
-    for name, proc in procs.items():
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            console.print(f"[yellow]{name} did not stop within {timeout_s:.0f}s of SIGTERM: killed[/]")
-            proc.kill()
-            proc.wait()
-
-
 def _champion_version(settings: Settings) -> int | None:
     from streamscore.models.registry import Registry
 
@@ -294,7 +258,7 @@ def run_demo(
     from streamscore.kafka import ensure_topics
     from streamscore.retrain import decisions
     from streamscore.stack import Stack
-    from streamscore.store import OnlineWriter, apply_definitions, settings_env
+    from streamscore.store import OnlineWriter, apply_definitions
 
     began = datetime.now(tz=UTC)
     console.rule("1. The stack, and Avro through Kafka")
@@ -379,26 +343,25 @@ def run_demo(
     # in Kafka by the time the reports about it trigger the retrain (and traffic goes on while it trains).
     settings = settings.model_copy(
         update={
-            "inference": settings.inference.model_copy(update={"drift_interval_s": 3.0}),
+            "drift": settings.drift.model_copy(update={"interval_s": 3.0}),
             "retrain": settings.retrain.model_copy(
                 update={"min_reports": 4, "min_drifted_features": 5, "window_h": 24.0}
             ),
         }
     )
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
-    env.update(settings_env(settings))
+    env = child_env(settings)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         log = logs / "features-demo.log"
-        procs["features"] = _spawn(["features", "run"], env, log)
+        procs["features"] = spawn(["features", "run"], env, log)
         took = _wait_caught_up(settings, procs["features"], log, timeout_s=300)
         console.print(f"processor caught up on {sent:,} historical events in {took:.0f}s (log: {log})")
         for name, args, ready in (("inference", ["inference", "run"], "serving"),
-                                  ("retrain", ["retrain-on-drift"], "watching")):  # fmt: skip
+                                  ("retrain", ["retrain", "run"], "watching")):  # fmt: skip
             log = logs / f"{name}-demo.log"
             offset = log.stat().st_size if log.exists() else 0
-            procs[name] = _spawn(args, env, log)
-            _wait_for_line(procs[name], log, offset, ready, timeout_s=120)
+            procs[name] = spawn(args, env, log)
+            wait_for_line(procs[name], log, offset, ready, timeout_s=120)
             console.print(f"{name}: {' '.join(args)} running (log: {log})")
         console.print(f"Prometheus at {settings.monitoring.prometheus_url} scrapes all three "
                       "(`streamscore top` shows what it sees)")  # fmt: skip
@@ -448,7 +411,9 @@ def run_demo(
         show_predictions(settings, live_frame, console)
         show_online_features(settings, live_frame, console)
     finally:
-        _stop(procs, console)
+        stop_all(
+            procs, on_kill=lambda name: console.print(f"[yellow]{name} did not stop within 60s of SIGTERM: killed[/]")
+        )
 
     console.rule("8. Report")
     from streamscore.monitoring.report import build_report

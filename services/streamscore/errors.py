@@ -1,4 +1,36 @@
-"""Errors a user can act on. The CLI prints them as one line (no traceback) and exits with ``exit_code``."""
+"""One root for every error streamscore raises on purpose, so a caller needs one ``except`` to tell a problem a user
+can act on from a bug.
+
+The CLI catches :class:`StreamscoreError` only: it prints the message as one line (no traceback) and exits with the
+class's ``exit_code``; anything else is a bug and keeps its traceback. So a message says what went wrong and what to
+do about it, and a module adds a subclass here rather than a second root. Where callers may rely on a builtin
+(``except ValueError`` for a bad value, ``except RuntimeError`` for a client failure) that builtin stays a second
+base, after this one.
+
+The hierarchy, along an event's path, with the module that defines each class::
+
+    StreamscoreError                    exit_code 1
+    ├── ConfigError                     settings              exit_code 2: settings that cannot work
+    ├── KafkaUnavailable                errors (kafka.topics) the brokers did not answer in time
+    ├── ConsumerError                   kafka.consumer        + RuntimeError
+    ├── DeliveryError                   kafka.producer        + RuntimeError: do not commit the inputs
+    ├── SerdeError                      serde.errors          + ValueError; ``reason`` is a stable code
+    ├── PlanError                       features.plan         + ValueError
+    ├── CardError                       models.card           + ValueError
+    ├── EquivalenceError                models.onnx_export    + ValueError
+    ├── ModelIntegrityError             models.runtime        bytes not the registered ones
+    ├── ModelLoadError                  models.runtime
+    ├── RegistryError                   models.tracking       MLflow (also exported by models.registry)
+    ├── TrainingDataError               training.dataset
+    ├── WindowError                     retrain.window
+    ├── PrometheusError                 monitoring.prom
+    │   ├── PrometheusUnavailable
+    │   └── BadQuery
+    ├── ReportError                     monitoring.report
+    └── StackError                      stack.components
+
+``tests/test_errors.py`` imports every module and fails on an exception class outside this tree.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +38,8 @@ __all__ = ["KafkaUnavailable", "StreamscoreError"]
 
 
 class StreamscoreError(Exception):
+    """A problem the user can act on, described in one line."""
+
     exit_code = 1
 
 

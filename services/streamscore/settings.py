@@ -11,6 +11,7 @@ at the edge (CLI, test fixture) and handed down; nothing else reads the environm
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -18,12 +19,13 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from streamscore.errors import StreamscoreError
 
 __all__ = [
     "ConfigError",
+    "DriftSettings",
     "FeatureSettings",
     "InferenceSettings",
     "KafkaSettings",
@@ -35,8 +37,10 @@ __all__ = [
     "StackSettings",
     "TopicSettings",
     "TrainingSettings",
+    "child_env",
     "env_names",
     "load_settings",
+    "settings_env",
     "settings_markdown",
 ]
 
@@ -217,23 +221,28 @@ class InferenceSettings(_Section):
     )
     threshold: float | None = Field(None, ge=0, le=1, description="Decision threshold; unset = the model card's")
     reload_interval_s: float = Field(5.0, gt=0, description="How often workers check the champion alias")
-    drift_interval_s: float = Field(30.0, gt=0, description="Seconds between drift reports per worker")
-    drift_psi_threshold: float = Field(0.2, gt=0, description="PSI above which a model input counts as drifted")
-    drift_wasserstein_threshold: float = Field(
+
+
+class DriftSettings(_Section):
+    """What each inference worker reports on the drift topic, and when an input counts as drifted."""
+
+    interval_s: float = Field(30.0, gt=0, description="Seconds between drift reports per worker")
+    psi_threshold: float = Field(0.2, gt=0, description="PSI above which a model input counts as drifted")
+    wasserstein_threshold: float = Field(
         0.25, gt=0, description="Wasserstein-1 distance, in reference stds, above which an input counts as drifted"
     )
-    drift_missing_threshold: float = Field(
+    missing_threshold: float = Field(
         0.1, gt=0, le=1, description="Rise of an input's missing rate over the reference that counts as drift"
     )
-    drift_min_count: int = Field(200, ge=1, description="Fewest predictions in a window before it may be flagged")
-    drift_detector: Literal["adwin", "page_hinkley"] = Field(
+    min_count: int = Field(200, ge=1, description="Fewest predictions in a window before it may be flagged")
+    detector: Literal["adwin", "page_hinkley"] = Field(
         "adwin", description="river detector on the score stream and on the delayed-label error rate"
     )
     labels: bool = Field(True, description="Match delayed labels (transactions' is_fraud, event id = request id)")
 
 
 class RetrainSettings(_Section):
-    """`streamscore retrain-on-drift`: when persistent drift retrains the model, and on which data."""
+    """`streamscore retrain run`: when persistent drift retrains the model, and on which data."""
 
     group_id: str = Field("streamscore-retrain", description="Consumer group reading the drift topic")
     min_drifted_features: int = Field(
@@ -308,6 +317,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     training: TrainingSettings = TrainingSettings()
     inference: InferenceSettings = InferenceSettings()
+    drift: DriftSettings = DriftSettings()
     retrain: RetrainSettings = RetrainSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     schema_registry_url: str | None = Field(
@@ -349,6 +359,19 @@ def _describe(exc: ValidationError) -> str:
     return f"invalid setting {'.'.join(loc) or '?'} [{env_name}]{shown}: {first['msg']}{more}"
 
 
+def _describe_unparsable(exc: SettingsError) -> str:
+    # pydantic-settings names the section ('error parsing value for field "kafka"'), not the variable.
+    section = str(exc).split('"')[1] if '"' in str(exc) else ""
+    json_fields = [
+        f"{ENV_PREFIX}{section}{ENV_NESTED_DELIMITER}{name}".upper()
+        for name, field in getattr(Settings.model_fields.get(section), "annotation", BaseModel).model_fields.items()
+        if "dict" in str(field.annotation)
+    ]
+    offending = [name for name in json_fields if name in {k.upper() for k in os.environ}]
+    shown = offending[0] if offending else f"{ENV_PREFIX}{section.upper()}{ENV_NESTED_DELIMITER}*"
+    return f'invalid setting {shown}: not valid JSON (it takes a JSON object, e.g. \'{{"acks": "all"}}\')'
+
+
 def env_names() -> dict[str, str]:
     """Every environment variable the settings read, mapped to its dotted field path."""
     names: dict[str, str] = {}
@@ -361,6 +384,59 @@ def env_names() -> dict[str, str]:
     return names
 
 
+def _env_value(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``STREAMSCORE_*`` variables from which :func:`~streamscore.settings.load_settings` rebuilds ``settings``.
+
+    Unset optional fields are left out (their default is "unset" too). Secrets are included in clear text: the
+    result is meant for a child process's or a module import's environment, never for a log.
+    """
+    env: dict[str, str] = {}
+
+    def put(name: str, value: Any) -> None:
+        shown = _env_value(value)
+        if shown is not None:
+            env[name.upper()] = shown
+
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, BaseModel):
+            for sub in type(value).model_fields:
+                put(f"{ENV_PREFIX}{name}{ENV_NESTED_DELIMITER}{sub}", getattr(value, sub))
+        else:
+            put(f"{ENV_PREFIX}{name}", value)
+    return env
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment of a child process that must run with exactly ``settings``: this process's environment
+    without any ``STREAMSCORE_*`` variable of its own, plus :func:`settings_env`."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
+    env.update(settings_env(settings))
+    return env
+
+
+# Settings that moved to a section of their own, so that an old deployment's variable fails with its new name.
+_RENAMED = {
+    f"{ENV_PREFIX}INFERENCE{ENV_NESTED_DELIMITER}{old}".upper(): f"{ENV_PREFIX}DRIFT{ENV_NESTED_DELIMITER}{new}".upper()
+    for old, new in (("drift_interval_s", "interval_s"), ("drift_psi_threshold", "psi_threshold"),
+                     ("drift_wasserstein_threshold", "wasserstein_threshold"),
+                     ("drift_missing_threshold", "missing_threshold"), ("drift_min_count", "min_count"),
+                     ("drift_detector", "detector"), ("labels", "labels"))
+}  # fmt: skip
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings from the environment, turning validation errors into one clear ConfigError.
 
@@ -369,11 +445,16 @@ def load_settings(**overrides: Any) -> Settings:
     known = env_names()
     unknown = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
     if unknown:
-        raise ConfigError(f"unknown setting {unknown[0]}: not one of streamscore's settings (see README)")
+        moved = _RENAMED.get(unknown[0].upper())
+        if moved is not None:
+            raise ConfigError(f"setting {unknown[0]} is now {moved}")
+        raise ConfigError(f"unknown setting {unknown[0]}: not one of streamscore's settings (docs/configuration.md)")
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    except SettingsError as exc:  # a nested field's value that is not JSON (STREAMSCORE_KAFKA__EXTRA=acks=all)
+        raise ConfigError(_describe_unparsable(exc)) from None
 
 
 def _shown_default(field: FieldInfo) -> Any:

@@ -17,7 +17,6 @@ so the two runs differ in nothing but the monitor. ``python -m tests.benchmarks 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -264,7 +263,7 @@ def latency(settings: Settings, monitored: int) -> list[tuple[int, dict[str, np.
     from streamscore.kafka import Consumer, Producer, ensure_topics
     from streamscore.models import Registry
     from streamscore.serde import Serde
-    from streamscore.store import settings_env
+    from streamscore.settings import child_env
 
     Registry(settings).promote(monitored, reason="bench")
     tag = uuid.uuid4().hex[:8]
@@ -275,8 +274,7 @@ def latency(settings: Settings, monitored: int) -> list[tuple[int, dict[str, np.
     ensure_topics(s)
     # The worker in its own process, as deployed: the producer below must not share its interpreter lock.
     log = s.data_dir / "latency-worker.log"
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
-    env.update(settings_env(s))
+    env = child_env(s)
     with log.open("ab") as out_file:
         worker = subprocess.Popen([sys.executable, "-m", "streamscore", "inference", "run"], env=env,
                                   stdout=out_file, stderr=subprocess.STDOUT)  # fmt: skip
@@ -360,7 +358,7 @@ def run(parts: Iterable[str] | None = None) -> str:
                 "topics": settings.topics.model_copy(
                     update={"score_requests": "bench-requests", "predictions": "bench-predictions"}
                 ),
-                "inference": settings.inference.model_copy(update={"labels": False, "drift_interval_s": 5.0}),
+                "drift": settings.drift.model_copy(update={"labels": False, "interval_s": 5.0}),
             }
         )
         ensure_topics(settings)

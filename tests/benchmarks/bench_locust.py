@@ -17,7 +17,6 @@ the transport, at the same rate, in the same run, on the same cores.
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 import time
@@ -54,10 +53,9 @@ class Result:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    from streamscore.store import settings_env
+    from streamscore.settings import child_env
 
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("STREAMSCORE_", "LOCUST_"))}
-    env.update(settings_env(settings))
+    env = {k: v for k, v in child_env(settings).items() if not k.upper().startswith("LOCUST_")}
     env["STREAMSCORE_METRICS_PORT"] = "0"
     return env
 

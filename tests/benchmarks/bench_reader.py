@@ -68,7 +68,7 @@ def write_entities(settings: Settings, rng: np.random.Generator) -> tuple[list[s
 
 def read_bench(settings: Settings) -> ReadResult:
     from streamscore.store import feature_store, quiet_feast
-    from streamscore.store.encoding import redis_keys
+    from streamscore.store.layout import redis_keys
     from streamscore.store.reader import OnlineReader
 
     rng = np.random.default_rng(11)

@@ -131,11 +131,10 @@ class Child:
     def __init__(
         self, argv: list[str], settings: Settings, workdir: Path, log: Path, extra_env: dict[str, str]
     ) -> None:
-        from streamscore.store import settings_env
+        from streamscore.settings import child_env
 
         self.log = log
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
-        env.update(settings_env(settings))
+        env = child_env(settings)
         env.update(extra_env)
         env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         workdir.mkdir(parents=True, exist_ok=True)

@@ -258,7 +258,7 @@ def freshness(
     from streamscore.kafka import Producer
     from streamscore.serde import Serde
     from streamscore.store import PROJECT
-    from streamscore.store.encoding import redis_keys
+    from streamscore.store.layout import redis_keys
 
     proc = processor(settings, workdir / "proc", workdir / "proc.log")
     serde = Serde("transaction")

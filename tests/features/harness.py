@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,8 +13,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from streamscore.kafka import group_lag
-from streamscore.settings import Settings
-from streamscore.store import settings_env
+from streamscore.settings import Settings, child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,8 +27,7 @@ class ProcessorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ProcessorProcess:
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
-        env.update(settings_env(self.settings))
+        env = child_env(self.settings)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "streamscore", "features", "run"],

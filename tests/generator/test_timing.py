@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from streamscore import cli
+from streamscore.cli import generate as generate_command
 from streamscore.generator import GeneratorConfig, generate_frame, last_event_time, start_ending_by
 
 HOURS = (0, 6, 12, 18)
@@ -68,7 +69,7 @@ def test_generate_without_start_never_writes_the_future(hour: int, tmp_path: Pat
         def now(cls, tz: object = None) -> datetime:  # type: ignore[override]
             return now
 
-    monkeypatch.setattr(cli, "datetime", Clock)
+    monkeypatch.setattr(generate_command, "datetime", Clock)
     out = tmp_path / "h.parquet"
     args = ["generate", "--to", str(out), "--events", "3000", "--rate", "0.2", "--users", "200", "--merchants", "50"]
     result = CliRunner().invoke(cli.app, args)

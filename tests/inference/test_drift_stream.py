@@ -158,8 +158,9 @@ def run(stage: Stage) -> Settings:
         update={
             "topics": topics,
             "inference": stage.settings.inference.model_copy(
-                update={"group_id": f"drift-{tag}", "drift_interval_s": 600, "reload_interval_s": 60}
+                update={"group_id": f"drift-{tag}", "reload_interval_s": 60}
             ),
+            "drift": stage.settings.drift.model_copy(update={"interval_s": 600}),
         }
     )
 
@@ -214,7 +215,7 @@ def _flagged(reports: list[dict[str, Any]]) -> set[tuple[str, str]]:
 def test_a_stationary_stream_is_not_flagged(stage: Stage, run: Settings) -> None:
     reports = _score_live(run, _part(stage.stream, stage.live_start))
     assert all(r["model_version"] == str(stage.version) for r in reports)
-    counted = [r for r in reports if r["count"] >= run.inference.drift_min_count]
+    counted = [r for r in reports if r["count"] >= run.drift.min_count]
     assert counted, "no window was large enough to judge"
     assert _flagged(reports) == set()
     assert not any(r["drifted"] for r in reports)

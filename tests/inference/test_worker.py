@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -25,8 +24,8 @@ from streamscore.inference import InferenceWorker
 from streamscore.kafka import Consumer, Producer, group_lag, read_dead_letter
 from streamscore.models import Registry, load_model
 from streamscore.serde import Serde
-from streamscore.settings import Settings
-from streamscore.store import OnlineWriter, feature_store, quiet_feast, settings_env
+from streamscore.settings import Settings, child_env
+from streamscore.store import OnlineWriter, feature_store, quiet_feast
 from streamscore.training import service_features
 from tests.inference.helpers import KNOWN_USERS, MERCHANTS, NOW_MS, register_model, served_settings
 from tests.kafka.helpers import create_topic
@@ -158,7 +157,7 @@ def test_a_request_that_cannot_be_scored_is_dead_lettered_and_the_rest_are_score
     worker scores the batch request by request, dead-letters the poisoned request and publishes the rest."""
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from streamscore.store.encoding import redis_keys
+    from streamscore.store.layout import redis_keys
 
     poisoned = KNOWN_USERS[3]
     key = redis_keys("user_id", [poisoned], worker.reader.project)[0]
@@ -227,8 +226,7 @@ def test_a_hot_swap_under_load_and_a_rollback_lose_nothing(served: Settings, wor
 
 
 def _spawn(s: Settings, guarantee: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
-    env.update(settings_env(s))
+    env = child_env(s)
     env["STREAMSCORE_INFERENCE__GUARANTEE"] = guarantee
     env["STREAMSCORE_METRICS_PORT"] = "0"
     with log.open("ab") as out:

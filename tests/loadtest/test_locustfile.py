@@ -8,7 +8,6 @@ file an operator reads too.
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import subprocess
 import sys
@@ -22,8 +21,7 @@ import pytest
 
 from streamscore.kafka import Consumer, Producer
 from streamscore.serde import Serde
-from streamscore.settings import Settings
-from streamscore.store import settings_env
+from streamscore.settings import Settings, child_env
 from tests.inference.helpers import KNOWN_USERS, MERCHANTS, served_settings
 from tests.kafka.helpers import create_topic
 
@@ -44,8 +42,7 @@ def served(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Sett
 
 
 def _env(s: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("STREAMSCORE_", "LOCUST_"))}
-    env.update(settings_env(s))
+    env = {k: v for k, v in child_env(s).items() if not k.upper().startswith("LOCUST_")}
     env["STREAMSCORE_METRICS_PORT"] = "0"
     return env
 

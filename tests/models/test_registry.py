@@ -139,14 +139,14 @@ def test_log_candidate_registers_a_challenger(registry: Registry, settings: Sett
     assert list((tmp_path / "cwd").iterdir()) == []  # no ./mlruns, no ./mlflow.db
 
 
-def test_list_is_newest_first_with_aliases(registry: Registry) -> None:
-    assert registry.list() == []
+def test_versions_are_newest_first_with_aliases(registry: Registry) -> None:
+    assert registry.versions() == []
     assert registry.champion() is None
     log(registry, seed=1)
     log(registry, seed=2, kind="gbt")
     registry.promote(1, reason="first")
 
-    versions = registry.list()
+    versions = registry.versions()
     assert [(v.version, v.aliases, v.kind, v.promoted) for v in versions] == [
         (2, (CHALLENGER,), "gbt", False),
         (1, (CHAMPION,), "mlp", True),
@@ -247,7 +247,7 @@ def test_failed_artifact_upload_registers_nothing(registry: Registry, settings: 
         train_into_a_blocked_store()
     (run_id,) = started
     assert registry._client.get_run(run_id).info.status == "FAILED"
-    assert [v.version for v in registry.list()] == [1]
+    assert [v.version for v in registry.versions()] == [1]
     assert registry.get(CHALLENGER).version == 1
 
 
@@ -257,7 +257,7 @@ def test_unreachable_tracking_server_is_one_clear_error(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
     registry = Registry(Settings(data_dir=tmp_path, model={"tracking_uri": f"http://127.0.0.1:{port}"}))
     with pytest.raises(RegistryError, match=f"cannot reach the MLflow tracking server at http://127.0.0.1:{port}"):
-        registry.list()
+        registry.versions()
 
 
 def test_feast_lineage_uses_feasts_resolver(registry: Registry, settings: Settings, tmp_path: Path) -> None:

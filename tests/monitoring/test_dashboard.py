@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import signal
@@ -30,12 +29,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamscore.exporter import target_path
 from streamscore.generator import GeneratorConfig, produce_to_kafka, start_ending_by
 from streamscore.kafka import Producer, ensure_topics
-from streamscore.monitoring.exporter import target_path
 from streamscore.serde import Serde
-from streamscore.settings import Settings
-from streamscore.store import settings_env
+from streamscore.settings import Settings, child_env
 from tests.conftest import free_port
 from tests.inference.helpers import served_settings
 
@@ -69,7 +67,7 @@ NOT_PROVOKED = {
 SERVICES = {  # service name in the target file -> command
     "features": ["features", "run"],
     "inference": ["inference", "run"],
-    "retrain": ["retrain-on-drift"],
+    "retrain": ["retrain", "run"],
 }
 
 
@@ -194,8 +192,7 @@ class _Service:
         self.name = name
         self.settings = settings.model_copy(update={"metrics_port": free_port()})
         self.log = log
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
-        env.update(settings_env(self.settings))
+        env = child_env(self.settings)
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "streamscore", *SERVICES[name]], cwd=ROOT, env=env, stdout=out,
@@ -288,7 +285,7 @@ def scraped(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
             ),
             "features": s.features.model_copy(update={"group_id": f"features-{tag}", "snapshot_interval_s": 1.0}),
             # Drift gauges appear with the first report; a retrain is never wanted here.
-            "inference": s.inference.model_copy(update={"drift_interval_s": 2.0}),
+            "drift": s.drift.model_copy(update={"interval_s": 2.0}),
             "retrain": s.retrain.model_copy(update={"group_id": f"retrain-{tag}", "min_reports": 1_000_000}),
         }
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,15 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from streamscore.settings import Settings
+from streamscore.settings import Settings, child_env
 from streamscore.stack import Stack
-from streamscore.store import settings_env
 from tests.conftest import free_port
 from tests.inference.helpers import served_settings
 
 pytestmark = pytest.mark.integration
 
-SERVICES = {"features": ["features", "run"], "inference": ["inference", "run"], "retrain": ["retrain-on-drift"]}
+SERVICES = {"features": ["features", "run"], "inference": ["inference", "run"], "retrain": ["retrain", "run"]}
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +51,7 @@ def _up(s: Settings) -> dict[str, list[float]]:
 
 
 def test_every_running_service_is_scraped_and_up(monitored: Settings, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
-    env.update(settings_env(monitored))
+    env = child_env(monitored)
     env["STREAMSCORE_METRICS_PORT"] = str(monitored.metrics_port)  # all three start here and move up
     procs = {}
     try:

@@ -25,7 +25,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from rich.console import Console
 
-from streamscore.monitoring.exporter import target_path, targets_dir
+from streamscore.exporter import target_path, targets_dir
 from streamscore.monitoring.prom import BadQuery, Prometheus
 from streamscore.monitoring.report import ReportData, build_report, fetch, figure_path, resolve_range
 from streamscore.monitoring.top import DriftFlag, run_top, take_snapshot

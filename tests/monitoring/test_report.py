@@ -174,3 +174,10 @@ def test_unreachable_prometheus_is_one_line(tmp_path: Path) -> None:
     assert str(caught.value).startswith(f"cannot reach Prometheus at {url}: ")
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "report.html").exists()
+
+
+@pytest.mark.parametrize("text", ["90", "1.5", " 30 "])
+def test_parse_since_wants_a_unit(text: str) -> None:
+    """A bare number used to be read as nanoseconds: an empty report and exit 0."""
+    with pytest.raises(ReportError, match="has no unit: say 90s"):
+        parse_since(text)

@@ -4,7 +4,6 @@ retrainer run as the CLI runs them, in their own processes."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -24,8 +23,8 @@ from streamscore.kafka import Consumer, ensure_topics, group_lag
 from streamscore.models import Registry
 from streamscore.retrain import decisions
 from streamscore.serde import Serde
-from streamscore.settings import Settings
-from streamscore.store import OnlineWriter, apply_definitions, settings_env
+from streamscore.settings import Settings, child_env
+from streamscore.store import OnlineWriter, apply_definitions
 from streamscore.training import train
 
 pytestmark = pytest.mark.integration
@@ -46,8 +45,9 @@ def _isolated(settings: Settings, data_dir: Path) -> Settings:
             "redis": settings.redis.model_copy(update={"url": settings.redis.url.rsplit("/", 1)[0] + "/8"}),
             "features": settings.features.model_copy(update={"group_id": f"features-{tag}"}),
             "inference": settings.inference.model_copy(
-                update={"group_id": f"inference-{tag}", "drift_interval_s": 2.0, "reload_interval_s": 1.0}
+                update={"group_id": f"inference-{tag}", "reload_interval_s": 1.0}
             ),
+            "drift": settings.drift.model_copy(update={"interval_s": 2.0}),
             "retrain": settings.retrain.model_copy(update=RETRAIN | {"group_id": f"retrain-{tag}"}),
         }
     )
@@ -56,8 +56,7 @@ def _isolated(settings: Settings, data_dir: Path) -> Settings:
 
 
 def _spawn(s: Settings, args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")}
-    env.update(settings_env(s))
+    env = child_env(s)
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "streamscore", *args], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)  # fmt: skip

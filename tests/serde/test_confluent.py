@@ -32,7 +32,7 @@ def url() -> str:
 
 
 def _client(url: str):
-    from streamscore.serde.framing import _client_for
+    from streamscore.serde.registry import client_for as _client_for
 
     client = _client_for(url)
     assert isinstance(client, MockSchemaRegistryClient)

@@ -11,7 +11,7 @@ from feast.infra.online_stores.redis import RedisOnlineStore
 from feast.repo_config import load_repo_config
 from google.protobuf.message import Message
 
-from streamscore.settings import ConfigError, Settings, load_settings
+from streamscore.settings import ConfigError, Settings, load_settings, settings_env
 from streamscore.store import (
     REPO_PATH,
     apply_definitions,
@@ -19,7 +19,6 @@ from streamscore.store import (
     feature_store,
     quiet_feast,
     repo_config,
-    settings_env,
 )
 from streamscore.store.config import redis_connection_string, registry_path
 

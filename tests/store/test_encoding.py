@@ -10,7 +10,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamscore.store.encoding import encode_doubles, encode_int64s, encode_timestamps, redis_keys
+from streamscore.store.encoding import encode_doubles, encode_int64s, encode_timestamps
+from streamscore.store.layout import redis_keys
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 EDGES = [0, 1, -1, 127, 128, 16383, 16384, 2**31, 2**62, 2**63 - 1, -(2**63)]

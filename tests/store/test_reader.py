@@ -29,8 +29,9 @@ from hypothesis import strategies as st
 
 from streamscore.settings import Settings
 from streamscore.store import OnlineWriter, apply_definitions, feature_store, quiet_feast
-from streamscore.store.encoding import redis_keys
-from streamscore.store.reader import OnlineBatch, OnlineReader, decode_timestamps, decode_values
+from streamscore.store.decoding import decode_timestamps, decode_values
+from streamscore.store.layout import redis_keys
+from streamscore.store.reader import OnlineBatch, OnlineReader
 from streamscore.training.dataset import service_features
 from tests.store.helpers import CountingConnection
 

@@ -46,7 +46,7 @@ def invoke(data_dir: Path, *args: str) -> Any:
 
 def train_args(history: History, seed: int = 0) -> list[str]:
     return [
-        "train", "--events", str(history.events), "--start", history.start.strftime(ISO),
+        "models", "train", "--events", str(history.events), "--start", history.start.strftime(ISO),
         "--end", history.end.strftime(ISO), "--seed", str(seed), "--json",
     ]  # fmt: skip
 
@@ -122,7 +122,10 @@ def test_models_show_has_the_card_and_the_gate_report(trained: Trained) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "--start", "2026-01-02T00:00:00", "--end", "2026-01-01T00:00:00"], "error: empty window: end"),
+        (
+            ["models", "train", "--start", "2026-01-02T00:00:00", "--end", "2026-01-01T00:00:00"],
+            "error: empty window: end",
+        ),
         (["models", "show", "7", "--json"], "error: model 'fraud-detector' has no version 7"),
         (["models", "promote", "7"], "error: model 'fraud-detector' has no version 7"),
     ],
@@ -139,7 +142,7 @@ def test_a_bad_request_is_one_line_on_stderr_and_a_failing_exit(
     """Through `main`, the console script's entry point, which turns our errors into one line."""
     for name, value in env(trained.data_dir).items():
         monkeypatch.setenv(name, value)
-    if args[0] == "train":
+    if args[:2] == ["models", "train"]:
         args = [*args, "--events", str(history.events)]
     monkeypatch.setattr(sys, "argv", ["streamscore", *args])
     with pytest.raises(SystemExit) as exited:
@@ -158,7 +161,8 @@ def test_the_console_script_fails_with_one_line(trained: Trained, history: Histo
     """The installed `streamscore` in a fresh process: settings from the environment only, no traceback."""
     script = Path(sys.executable).with_name("streamscore")
     environ = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMSCORE_")} | env(trained.data_dir)
-    args = ["train", "--events", str(history.events), "--start", "2026-01-02T00:00:00", "--end", "2026-01-01T00:00:00"]
+    args = ["models", "train", "--events", str(history.events), "--start", "2026-01-02T00:00:00",
+            "--end", "2026-01-01T00:00:00"]  # fmt: skip
     done = subprocess.run([str(script), *args, "--json"], env=environ, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 1, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]

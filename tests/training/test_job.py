@@ -63,7 +63,7 @@ def data(trained: Trained) -> TrainingSet:
 
 
 def listing(settings: Settings) -> list[dict[str, Any]]:
-    return [v.to_dict() for v in Registry(settings).list()]
+    return [v.to_dict() for v in Registry(settings).versions()]
 
 
 def run_count(settings: Settings) -> int:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
+from streamscore.errors import StreamscoreError
+
 __all__ = ["FUNCTIONS", "FeatureSpec", "PlanError", "ViewPlan", "compile_view", "compile_views"]
 
 Function = Literal["count", "sum", "mean", "min", "max", "count_distinct", "seconds_since_previous"]
@@ -25,8 +27,9 @@ TAG_AGGREGATE = "streamscore.aggregate"
 TAG_COLUMN = "streamscore.column"
 
 
-class PlanError(ValueError):
-    """A feature definition the engine cannot run; the message names the view and the feature."""
+class PlanError(StreamscoreError, ValueError):
+    """Feature definitions the engine cannot run; the message names the view and the feature, or says to run
+    ``streamscore features apply`` when the Feast registry has no stream feature view yet."""
 
 
 @dataclass(frozen=True)

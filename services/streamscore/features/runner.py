@@ -6,10 +6,10 @@ import logging
 
 import faust
 
+from streamscore.exporter import serve_metrics
 from streamscore.features import load_plans, rules_for
 from streamscore.features.app import build_app
 from streamscore.kafka import ensure_topics
-from streamscore.monitoring.exporter import serve_metrics
 from streamscore.settings import Settings
 
 __all__ = ["run_processor"]

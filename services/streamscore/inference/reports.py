@@ -39,7 +39,7 @@ DRIFT_REPORTS = Counter("streamscore_drift_reports", "Drift reports published", 
 
 
 class DriftReporter:
-    """Windows of the served model's inputs and scores, reported every ``drift_interval_s``."""
+    """Windows of the served model's inputs and scores, reported every ``drift.interval_s``."""
 
     def __init__(self, settings: Settings, worker_id: str) -> None:
         self.settings = settings
@@ -47,23 +47,23 @@ class DriftReporter:
         topic = settings.topics.drift
         self._serde = Serde("drift_report", registry_url=settings.schema_registry_url, subject=f"{topic}-value")
         self.monitor: DriftMonitor | None = None
-        self.labels = LabelFeed(settings) if settings.inference.labels else None
+        self.labels = LabelFeed(settings) if settings.drift.labels else None
         self._pending: list[DriftReport] = []  # encoded when sent: an encoding failure is retried, not lost
-        self._next = time.monotonic() + settings.inference.drift_interval_s
+        self._next = time.monotonic() + settings.drift.interval_s
         self._detections: dict[str, int] = {}
 
     def start(self, session: ScoringSession, profile: Mapping[str, Any]) -> None:
         """Monitor ``session`` from now on; the previous model's open window becomes a report."""
         self.close_window()
-        cfg = self.settings.inference
+        cfg, threshold = self.settings.drift, self.settings.inference.threshold
         try:
             self.monitor = DriftMonitor(
                 profile, session.card.features, model_name=session.card.model_name, model_version=session.version,
-                worker=self.worker_id, psi_threshold=cfg.drift_psi_threshold,
-                wasserstein_threshold=cfg.drift_wasserstein_threshold,
-                missing_rate_threshold=cfg.drift_missing_threshold, min_count=cfg.drift_min_count,
-                detector=cfg.drift_detector,
-                decision_threshold=session.card.threshold if cfg.threshold is None else cfg.threshold,
+                worker=self.worker_id, psi_threshold=cfg.psi_threshold,
+                wasserstein_threshold=cfg.wasserstein_threshold,
+                missing_rate_threshold=cfg.missing_threshold, min_count=cfg.min_count,
+                detector=cfg.detector,
+                decision_threshold=session.card.threshold if threshold is None else threshold,
                 start_ms=int(time.time() * 1000),
             )  # fmt: skip
         except ValueError as exc:  # a version registered without a usable profile still serves
@@ -112,7 +112,7 @@ class DriftReporter:
 
     def close_window(self) -> None:
         """End the current window now; its report joins the ones :meth:`due_reports` returns."""
-        self._next = time.monotonic() + self.settings.inference.drift_interval_s
+        self._next = time.monotonic() + self.settings.drift.interval_s
         if self.monitor is None:
             return
         report = self.monitor.report(int(time.time() * 1000))

@@ -432,7 +432,7 @@ class InferenceWorker:
 
 def run_workers(settings: Settings) -> None:
     """`streamscore inference run` with one worker in this process (metrics from settings.metrics_port up)."""
-    from streamscore.monitoring.exporter import serve_metrics
+    from streamscore.exporter import serve_metrics
 
     ensure_topics(settings)
     serve_metrics(settings, "inference")

@@ -9,6 +9,7 @@ from typing import Any
 import confluent_kafka
 from confluent_kafka import TopicPartition
 
+from streamscore.errors import StreamscoreError
 from streamscore.kafka.config import consumer_config
 from streamscore.settings import KafkaSettings
 
@@ -17,7 +18,7 @@ __all__ = ["Consumer", "ConsumerError", "next_offsets"]
 log = logging.getLogger(__name__)
 
 
-class ConsumerError(RuntimeError):
+class ConsumerError(StreamscoreError, RuntimeError):
     """A non-retriable error reported by the consumer (retriable ones are retried by librdkafka itself)."""
 
 

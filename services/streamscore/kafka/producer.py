@@ -13,6 +13,7 @@ from typing import Any
 
 import confluent_kafka
 
+from streamscore.errors import StreamscoreError
 from streamscore.kafka.config import producer_config
 from streamscore.settings import KafkaSettings
 
@@ -28,7 +29,7 @@ class FailedDelivery:
     error: str
 
 
-class DeliveryError(RuntimeError):
+class DeliveryError(StreamscoreError, RuntimeError):
     """Some messages were not acknowledged by the broker; the caller must not commit their inputs."""
 
     def __init__(self, failures: Sequence[FailedDelivery]) -> None:

@@ -18,6 +18,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from streamscore.errors import StreamscoreError
+
 __all__ = ["CARD_KEY", "INPUT_NAME", "OUTPUT_NAME", "CardError", "ModelCard"]
 
 CARD_KEY = "streamscore.card"
@@ -27,7 +29,7 @@ OUTPUT_NAME = "score"  # float32 [batch, 1], fraud probability
 ModelKind = Literal["mlp", "gbt"]
 
 
-class CardError(ValueError):
+class CardError(StreamscoreError, ValueError):
     """A card that is missing, malformed or inconsistent: the model cannot be fed safely."""
 
 

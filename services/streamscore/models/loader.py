@@ -1,5 +1,5 @@
-"""Serving's one way to get a model: resolve an alias in the registry, fetch the ONNX file, check its
-sha256 against the registry, and open an ONNX Runtime session on the configured providers."""
+"""Serving's one way to get a model, so no worker can score with bytes the registry did not vouch for: resolve
+an alias, fetch the ONNX file, check its sha256 against the registry, open an ONNX Runtime session."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ def load_model(settings: Settings, alias: str | int = CHAMPION, *, registry: Reg
     registry = registry or Registry(settings)
     data, info = registry.fetch(alias)
     return open_session(
-        data, expected_sha256=info.sha256, providers=settings.model.providers,
-        intra_op_threads=settings.model.intra_op_threads, version=str(info.version),
-    )  # fmt: skip
+        data,
+        expected_sha256=info.sha256,
+        providers=settings.model.providers,
+        intra_op_threads=settings.model.intra_op_threads,
+        version=str(info.version),
+    )

@@ -10,37 +10,30 @@ Aliases say what runs where: ``challenger`` is the latest candidate, ``champion`
 are recorded in the registered model's ``streamscore.champion_history`` tag so a bad promotion can be undone
 with :meth:`Registry.rollback`.
 
-By default everything lives under ``data_dir/mlflow`` (an sqlite database and an artifact directory), so a
-laptop needs no server; ``settings.model.tracking_uri`` points at a shared MLflow server instead. The client is
-always built with explicit URIs: nothing here reads or sets MLflow's process-wide tracking URI, and nothing is
-written to the working directory (MLflow's defaults would create ``./mlruns`` or ``./mlflow.db``).
+Where MLflow lives and how it is reached (explicit URIs, sqlite under ``data_dir/mlflow`` by default, one-line
+errors) is :mod:`streamscore.models.tracking`'s, shared with the retrain history; this module holds only what
+versions, aliases and promotions mean.
 """
 
 from __future__ import annotations
 
-import builtins
 import json
-import logging
-import os
 import tempfile
-import warnings
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from functools import cached_property, partial
+from functools import partial
 from pathlib import Path
-from typing import Any, Final, TypeVar
-from urllib.parse import urlparse
+from typing import Any, Final
 
-import httpx
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from streamscore.errors import StreamscoreError
 from streamscore.models.card import ModelCard
 from streamscore.models.runtime import ModelIntegrityError, sha256_hex
+from streamscore.models.tracking import RegistryError, Tracking, already_exists, moment, not_found
 from streamscore.settings import Settings
 
 __all__ = [
@@ -66,23 +59,6 @@ TAG_PROMOTE_REASON: Final = "streamscore.promote_reason"
 TAG_ROLLED_BACK_AT: Final = "streamscore.rolled_back_at"
 TAG_HISTORY: Final = "streamscore.champion_history"
 TAG_FEATURE_SERVICE: Final = "feast.feature_service"  # read by feast.mlflow_integration.model_resolver
-
-# MLflow logs every schema migration step of a fresh sqlite database at INFO, alembic each revision; neither is
-# actionable for a user. Raised on those loggers only, so MLflow's own warnings still reach the console.
-for _logger_name in ("mlflow.store.db.utils", "alembic"):
-    logging.getLogger(_logger_name).setLevel(logging.WARNING)
-# A tqdm "Downloading artifacts" bar on stderr for every one-file fetch would interleave with our rich output.
-# MLflow reads this variable on each download; a user who sets it keeps their choice.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-_logger = logging.getLogger(__name__)
-_PROBE_TIMEOUT_S = 5.0
-_NOLOAD_DEPRECATION = r"The ``noload`` loader strategy is deprecated"
-_T = TypeVar("_T")
-
-
-class RegistryError(StreamscoreError):
-    """The registry cannot do what was asked: unknown version or alias, nothing to roll back to, no server."""
 
 
 @dataclass(frozen=True)
@@ -113,26 +89,16 @@ class VersionInfo:
         return data
 
 
-def _iso_utc(millis: int | None) -> str:
-    if millis is None:
-        return ""
-    return datetime.fromtimestamp(millis / 1000, tz=UTC).isoformat(timespec="milliseconds")
+def _iso(when: datetime) -> str:
+    return when.isoformat(timespec="milliseconds")
 
 
 def _now_iso() -> str:
-    return datetime.now(tz=UTC).isoformat(timespec="milliseconds")
+    return _iso(datetime.now(tz=UTC))
 
 
 def _dumps(payload: dict[str, Any]) -> str:
     return json.dumps(payload, sort_keys=True, indent=2)
-
-
-def _is_http(uri: str) -> bool:
-    return urlparse(uri).scheme in ("http", "https")
-
-
-def _not_found(exc: MlflowException) -> bool:
-    return str(exc.error_code) == "RESOURCE_DOES_NOT_EXIST"
 
 
 class Registry:
@@ -152,107 +118,40 @@ class Registry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.name = settings.model.name
-        if settings.model.tracking_uri is None:
-            # Absolute now, so a later chdir cannot move the database under a relative data_dir.
-            root = Path(os.path.abspath(settings.data_dir)) / "mlflow"
-            self._tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
-            self._artifact_location: str | None = (root / "artifacts").as_uri()
-            self._local_root: Path | None = root
-        else:
-            self._tracking_uri = settings.model.tracking_uri
-            self._artifact_location = None  # the server decides where artifacts go
-            self._local_root = None
+        self.tracking = Tracking(settings)
 
     @property
     def tracking_uri(self) -> str:
-        """Where runs and the model registry live (also the registry URI: they are never split here)."""
-        return self._tracking_uri
+        """Where runs and the model registry live."""
+        return self.tracking.uri
 
-    # -- plumbing ---------------------------------------------------------------------------------------------
-
-    @cached_property
+    @property
     def _client(self) -> mlflow.MlflowClient:
-        if self._local_root is not None:
-            self._local_root.mkdir(parents=True, exist_ok=True)
-        elif _is_http(self._tracking_uri):
-            self._probe()
-        with self._errors("open the registry"), warnings.catch_warnings():
-            # MLflow's sqlalchemy store configures its ORM mappers with a loader option SQLAlchemy 2 deprecates;
-            # it is MLflow's to fix and says nothing to our users. Ignored for this call only, by its message.
-            warnings.filterwarnings("ignore", message=_NOLOAD_DEPRECATION, category=DeprecationWarning)
-            client = mlflow.MlflowClient(tracking_uri=self._tracking_uri, registry_uri=self._tracking_uri)
-            # Both stores are built lazily; touch them now so a broken database or schema fails here, once
-            # (the first use of a data directory runs MLflow's schema migrations, about a second).
-            client.search_experiments(max_results=1)
-            client.search_registered_models(max_results=1)
-        return client
+        return self.tracking.client
 
-    def _probe(self) -> None:
-        """Fail in seconds when the tracking server does not answer at all.
-
-        MLflow retries a refused connection with exponential backoff for about four minutes before giving up.
-        Any HTTP answer (even 401 or 404 from a proxy) counts as reachable; TLS is not verified because nothing
-        but this unauthenticated ``GET /health`` is sent, and MLflow's own requests verify as configured.
-        """
-        try:
-            httpx.get(f"{self._tracking_uri.rstrip('/')}/health", timeout=_PROBE_TIMEOUT_S, verify=False)
-        except httpx.TransportError as exc:
-            raise RegistryError(
-                f"cannot reach the MLflow tracking server at {self._tracking_uri}: {exc or type(exc).__name__}"
-            ) from None
-
-    @contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
-        """MLflow's exceptions (multi-line, server internals) as one RegistryError line the CLI can print."""
-        try:
-            yield
-        except MlflowException as exc:
-            first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else exc.error_code
-            raise RegistryError(f"cannot {doing} (MLflow at {self._tracking_uri}): {first}") from exc
-
-    def _call(self, doing: str, fn: Callable[[], _T]) -> _T:
-        with self._errors(doing):
-            return fn()
-
-    def _experiment_id(self) -> str:
-        """The experiment named like the model, created (or restored from MLflow's trash) on first use."""
-        client = self._client
-        with self._errors(f"open experiment {self.name!r}"):
-            experiment = client.get_experiment_by_name(self.name)
-            if experiment is None:
-                try:
-                    return str(client.create_experiment(self.name, artifact_location=self._artifact_location))
-                except MlflowException as exc:
-                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # another process won the race
-                        raise
-                    experiment = client.get_experiment_by_name(self.name)
-                    if experiment is None:
-                        raise
-            if experiment.lifecycle_stage == "deleted":
-                client.restore_experiment(experiment.experiment_id)
-            return str(experiment.experiment_id)
+    # -- the registered model in MLflow -----------------------------------------------------------------------
 
     def _ensure_registered_model(self) -> None:
         client = self._client
-        with self._errors(f"register model {self.name!r}"):
+        with self.tracking.errors(f"register model {self.name!r}"):
             try:
                 client.get_registered_model(self.name)
             except MlflowException as exc:
-                if not _not_found(exc):
+                if not not_found(exc):
                     raise
                 try:
                     client.create_registered_model(self.name)
                 except MlflowException as again:
-                    if again.error_code != "RESOURCE_ALREADY_EXISTS":
+                    if not already_exists(again):  # another process won the race
                         raise
 
     def _registered_model(self) -> Any:
         try:
             return self._client.get_registered_model(self.name)
         except MlflowException as exc:
-            if _not_found(exc):
+            if not_found(exc):
                 raise RegistryError(f"no model named {self.name!r} is registered yet (train one first)") from None
-            raise RegistryError(f"cannot read model {self.name!r} (MLflow at {self._tracking_uri}): {exc}") from exc
+            raise RegistryError(f"cannot read model {self.name!r} (MLflow at {self.tracking.uri}): {exc}") from exc
 
     def _model_version(self, version_or_alias: str | int) -> Any:
         """MLflow's ModelVersion for a version number (int or digits) or an alias; RegistryError if unknown."""
@@ -264,7 +163,7 @@ class Registry:
                 return client.get_model_version(self.name, key)
             return client.get_model_version_by_alias(self.name, key)
         except MlflowException as exc:
-            if _not_found(exc) or exc.error_code == "INVALID_PARAMETER_VALUE":
+            if not_found(exc) or exc.error_code == "INVALID_PARAMETER_VALUE":
                 what = f"version {key}" if key.isdigit() else f"alias {key!r}"
                 raise RegistryError(f"model {self.name!r} has no {what}") from None
             raise RegistryError(f"cannot read model {self.name!r} {key} (MLflow): {exc.message}") from exc
@@ -290,13 +189,13 @@ class Registry:
             data_start=tags.get(TAG_DATA_START, ""),
             data_end=tags.get(TAG_DATA_END, ""),
             metrics=metrics,
-            created_at=_iso_utc(mv.creation_timestamp),
+            created_at="" if mv.creation_timestamp is None else _iso(moment(mv.creation_timestamp)),
             promoted=CHAMPION in alias_tuple or TAG_PROMOTED_AT in tags,
         )
 
     def _is_registered(self) -> bool:
         client = self._client
-        found = self._call(
+        found = self.tracking.call(
             "look up the model", lambda: client.search_registered_models(filter_string=f"name = '{self.name}'")
         )
         return len(found) > 0
@@ -305,7 +204,7 @@ class Registry:
         version = (self._registered_model().aliases or {}).get(CHAMPION)
         return None if version is None else int(version)
 
-    def _history(self) -> builtins.list[int]:
+    def _history(self) -> list[int]:
         raw = (self._registered_model().tags or {}).get(TAG_HISTORY)
         if not raw:
             return []
@@ -315,13 +214,13 @@ class Registry:
         except (ValueError, TypeError) as exc:
             raise RegistryError(f"model {self.name!r} has a malformed {TAG_HISTORY} tag: {raw!r}") from exc
 
-    def _set_history(self, history: builtins.list[int]) -> None:
-        self._call(
+    def _set_history(self, history: list[int]) -> None:
+        self.tracking.call(
             "record the champion history",
             lambda: self._client.set_registered_model_tag(self.name, TAG_HISTORY, json.dumps(history)),
         )
 
-    def _reconciled_history(self) -> builtins.list[int]:
+    def _reconciled_history(self) -> list[int]:
         """The history with the live champion alias as its last entry.
 
         The alias is the truth (it is what serving loads); the history is our record of promotions. If someone
@@ -337,55 +236,27 @@ class Registry:
     def _download(self, mv: Any, name: str, dst: str) -> Path:
         if "/" in name or "\\" in name or name in ("", ".", ".."):
             raise RegistryError(f"not an artifact file name: {name!r}")
-        uri = f"{str(mv.source).rstrip('/')}/{name}"
         try:
-            path = mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=dst, tracking_uri=self._tracking_uri, registry_uri=self._tracking_uri
-            )
+            return self.tracking.download(f"{str(mv.source).rstrip('/')}/{name}", dst)
         except (MlflowException, OSError) as exc:
             raise RegistryError(f"model {self.name!r} version {mv.version} has no readable {name}: {exc}") from exc
-        return Path(path)
 
     # -- writing ----------------------------------------------------------------------------------------------
 
-    @contextmanager
-    def start_run(self, run_name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
+    def start_run(self, run_name: str, tags: dict[str, str] | None = None) -> AbstractContextManager[str]:
         """An MLflow run in the model's experiment, yielding its id; ended FINISHED, or FAILED on an exception.
 
         No active-run global is set: pass the id to :meth:`log_candidate`.
         """
-        experiment_id = self._experiment_id()
-        client = self._client
-        run = self._call("start a run", lambda: client.create_run(experiment_id, run_name=run_name, tags=tags or {}))
-        run_id: str = run.info.run_id
-        try:
-            yield run_id
-        except BaseException:
-            try:
-                client.set_terminated(run_id, status="FAILED")
-            except MlflowException:  # keep the original error; a run left RUNNING is only cosmetic
-                _logger.warning("could not mark run %s as FAILED", run_id, exc_info=True)
-            raise
-        self._call("end the run", lambda: client.set_terminated(run_id, status="FINISHED"))
+        return self.tracking.start_run(run_name, tags)
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         """Tags on a run of this model's experiment (what a decision concluded, after it started)."""
-        client = self._client
-        with self._errors(f"tag run {run_id}"):
-            for key, value in tags.items():
-                client.set_tag(run_id, key, value)
+        self.tracking.set_tags(run_id, tags)
 
-    def runs(self, tags: dict[str, str], *, max_results: int = 1000) -> builtins.list[Any]:
+    def runs(self, tags: dict[str, str], *, max_results: int = 1000) -> list[Any]:
         """The newest ``max_results`` runs of this model's experiment carrying every given tag value, oldest first."""
-        experiment_id = self._experiment_id()
-        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        found = self._call(
-            "search runs",
-            lambda: self._client.search_runs(
-                [experiment_id], filter_string=query, max_results=max_results, order_by=["attributes.start_time DESC"]
-            ),
-        )
-        return list(reversed(found))
+        return self.tracking.runs(tags, max_results=max_results)
 
     def log_candidate(
         self,
@@ -406,7 +277,7 @@ class Registry:
         client = self._client
         sha = sha256_hex(onnx_bytes)
         timestamp = int(datetime.now(tz=UTC).timestamp() * 1000)
-        with self._errors(f"log params and metrics to run {run_id}"):
+        with self.tracking.errors(f"log params and metrics to run {run_id}"):
             client.log_batch(
                 run_id,
                 metrics=[Metric(k, float(v), timestamp, 0) for k, v in sorted(metrics.items())],
@@ -431,7 +302,7 @@ class Registry:
                 f"run {run_id}: {MODEL_FILE} stored with {stored.get(MODEL_FILE)} bytes, expected {len(onnx_bytes)};"
                 " nothing registered"
             )
-        run = self._call("read the run", lambda: client.get_run(run_id))
+        run = self.tracking.call("read the run", lambda: client.get_run(run_id))
         self._ensure_registered_model()
         version_tags = {
             TAG_SHA256: sha,
@@ -440,7 +311,7 @@ class Registry:
             TAG_DATA_END: card.data_end,
             TAG_FEATURE_SERVICE: card.feature_service,
         }
-        with self._errors(f"register a version of {self.name!r}"):
+        with self.tracking.errors(f"register a version of {self.name!r}"):
             mv = client.create_model_version(
                 self.name,
                 source=f"{run.info.artifact_uri.rstrip('/')}/{ARTIFACT_DIR}",
@@ -463,7 +334,7 @@ class Registry:
             return self.get(number)
         history = self._reconciled_history()
         client = self._client
-        with self._errors(f"promote version {number}"):
+        with self.tracking.errors(f"promote version {number}"):
             client.set_model_version_tag(self.name, str(number), TAG_PROMOTED_AT, _now_iso())
             client.set_model_version_tag(self.name, str(number), TAG_PROMOTE_REASON, reason)
             client.set_registered_model_alias(self.name, CHAMPION, str(number))
@@ -489,7 +360,7 @@ class Registry:
             raise RegistryError(f"model {self.name!r} has no earlier champion than version {current} to roll back to")
         previous = history[-1]
         client = self._client
-        with self._errors(f"roll back to version {previous}"):
+        with self.tracking.errors(f"roll back to version {previous}"):
             client.set_registered_model_alias(self.name, CHAMPION, str(previous))
             client.set_model_version_tag(self.name, str(current), TAG_ROLLED_BACK_AT, _now_iso())
         self._set_history(history)
@@ -499,7 +370,7 @@ class Registry:
         try:
             self._client.get_model_version(self.name, str(version))
         except MlflowException as exc:
-            if _not_found(exc):
+            if not_found(exc):
                 return False
             raise RegistryError(f"cannot read version {version} of {self.name!r}: {exc.message}") from exc
         return True
@@ -517,24 +388,24 @@ class Registry:
         """One version by number (``3``, ``"3"``) or alias (``"champion"``)."""
         return self._info(self._model_version(version_or_alias))
 
-    def list(self) -> builtins.list[VersionInfo]:
+    def versions(self) -> list[VersionInfo]:
         """Every version, newest first; empty when nothing is registered."""
         if not self._is_registered():
             return []
         client = self._client
         query = f"name = '{self.name}'"
-        versions: builtins.list[Any] = []
+        found: list[Any] = []
         token: str | None = None
         while True:
-            page = self._call("list versions", partial(client.search_model_versions, query, page_token=token))
-            versions.extend(page)
+            page = self.tracking.call("list versions", partial(client.search_model_versions, query, page_token=token))
+            found.extend(page)
             token = page.token
             if not token:
                 break
-        aliases: dict[int, builtins.list[str]] = {}
+        aliases: dict[int, list[str]] = {}
         for alias, number in (self._registered_model().aliases or {}).items():
             aliases.setdefault(int(number), []).append(alias)  # search results leave ModelVersion.aliases empty
-        newest_first = sorted(versions, key=lambda mv: int(mv.version), reverse=True)
+        newest_first = sorted(found, key=lambda mv: int(mv.version), reverse=True)
         return [self._info(mv, aliases.get(int(mv.version), [])) for mv in newest_first]
 
     def fetch(self, version_or_alias: str | int) -> tuple[bytes, VersionInfo]:

@@ -230,9 +230,14 @@ def open_session(
     card = _read_card(session)
     _check_io(session, card)
     return ScoringSession(
-        card=card, sha256=digest, version=version, provider=got, session=session, pad_to=tuple(pad_to),
+        card=card,
+        sha256=digest,
+        version=version,
+        provider=got,
+        session=session,
+        pad_to=tuple(pad_to),
         io_binding=got in _GPU_PROVIDERS if io_binding is None else io_binding,
-    )  # fmt: skip
+    )
 
 
 def _start(data: bytes, providers: list[str], intra_op_threads: int) -> tuple[Any, list[str]]:

@@ -1,10 +1,10 @@
-"""Operating the pipeline: metrics endpoints, the Prometheus client behind `top` and `report`, dashboards.
+"""The operator's tools: the Prometheus client behind `top` and `report`, the views, the dashboards.
 
-Kept light on purpose: every service imports :func:`serve_metrics`; `top` (rich) and `report` (matplotlib,
-MLflow) are imported by their commands from their own modules.
+Nothing below this package imports it: every service's own ``/metrics`` endpoint lives in
+:mod:`streamscore.exporter`, at the bottom. `top` (rich) and `report` (matplotlib, MLflow) are imported by
+their commands from their own modules.
 """
 
-from streamscore.monitoring.exporter import serve_metrics
 from streamscore.monitoring.prom import Prometheus, PrometheusError
 
-__all__ = ["Prometheus", "PrometheusError", "serve_metrics"]
+__all__ = ["Prometheus", "PrometheusError"]

@@ -95,6 +95,8 @@ def parse_since(text: str) -> timedelta:
     >>> parse_since("1h30m")
     datetime.timedelta(seconds=5400)
     """
+    if text.strip().replace(".", "", 1).isdigit():  # pandas reads a bare number as nanoseconds
+        raise ReportError(f"{text!r} has no unit: say 90s, 15m, 2h or 1d")
     try:
         value: object = pd.Timedelta(text)  # a timedelta subclass; "" and "nat" parse, as NaT, which is not
     except ValueError:
@@ -193,7 +195,7 @@ def fetch(prom: Prometheus, settings: Settings, start: datetime, end: datetime) 
         log.warning("retrain decisions left out of the report: %s", exc)
         steps, error = [], str(exc)
 
-    inference = settings.inference
+    drift_settings = settings.drift
     return ReportData(
         source=prom.url,
         start=start,
@@ -206,9 +208,9 @@ def fetch(prom: Prometheus, settings: Settings, start: datetime, end: datetime) 
         drifted=drifted,
         models=query("count by (model, version) (streamscore_inference_model_info == 1)", "{model} v{version}"),
         thresholds={
-            "psi": inference.drift_psi_threshold,
-            "wasserstein": inference.drift_wasserstein_threshold,
-            "missing_rate": inference.drift_missing_threshold,
+            "psi": drift_settings.psi_threshold,
+            "wasserstein": drift_settings.wasserstein_threshold,
+            "missing_rate": drift_settings.missing_threshold,
         },
         decisions=steps,
         decisions_error=error,

@@ -9,10 +9,10 @@ reports; the run links the trigger to them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
-from streamscore.models.registry import Registry
+from streamscore.models.tracking import Tracking, moment
 from streamscore.settings import Settings
 
 __all__ = ["KIND_TAG", "Decision", "Outcome", "decisions"]
@@ -31,25 +31,17 @@ class Decision:
     detail: str
 
 
-def _moment(millis: int | None) -> datetime:
-    return datetime.fromtimestamp((millis or 0) / 1000, tz=UTC)
-
-
 def decisions(settings: Settings, start: datetime | None = None, end: datetime | None = None) -> list[Decision]:
     """Every trigger and outcome between ``start`` and ``end`` (UTC), oldest first."""
     out: list[Decision] = []
-    for run in Registry(settings).runs(KIND_TAG):
+    for run in Tracking(settings).runs(KIND_TAG):
         tags = run.data.tags
-        out.append(Decision(_moment(run.info.start_time), "triggered", None, tags.get("streamscore.trigger", "")))
+        out.append(Decision(moment(run.info.start_time or 0), "triggered", None, tags.get("streamscore.trigger", "")))
         outcome = tags.get("streamscore.outcome")
         if outcome in ("promoted", "rejected", "failed"):
             version = tags.get("streamscore.version")
-            out.append(
-                Decision(
-                    _moment(run.info.end_time or run.info.start_time), outcome,
-                    int(version) if version else None, tags.get("streamscore.detail", ""),
-                )
-            )  # fmt: skip
+            ended = moment(run.info.end_time or run.info.start_time or 0)
+            out.append(Decision(ended, outcome, int(version) if version else None, tags.get("streamscore.detail", "")))
     return sorted(
         (d for d in out if (start is None or d.time >= start) and (end is None or d.time <= end)),
         key=lambda d: d.time,

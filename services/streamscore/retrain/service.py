@@ -191,7 +191,7 @@ class Retrainer:
 
 def run_retrainer(settings: Settings) -> None:
     """Blocks until SIGINT/SIGTERM (a retrain in progress finishes first)."""
-    from streamscore.monitoring.exporter import serve_metrics
+    from streamscore.exporter import serve_metrics
 
     ensure_topics(settings)
     for decision in ("triggered", "promoted", "rejected", "failed"):  # 0, not "no data", until the first one

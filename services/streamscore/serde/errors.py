@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final, Literal, get_args
 
+from streamscore.errors import StreamscoreError
+
 __all__ = ["REASONS", "Reason", "SerdeError"]
 
 Reason = Literal[
@@ -28,10 +30,10 @@ Reason = Literal[
 REASONS: Final[frozenset[str]] = frozenset(get_args(Reason))
 
 
-class SerdeError(ValueError):
+class SerdeError(StreamscoreError, ValueError):
     """Raised for every encode/decode/schema failure, with a stable ``reason`` code.
 
-    It subclasses :class:`ValueError` because every failure is ultimately "this value/these bytes
+    It is also a :class:`ValueError` because every failure is ultimately "this value/these bytes
     are not acceptable", which lets generic callers catch it without importing this module.
     """
 
@@ -39,7 +41,7 @@ class SerdeError(ValueError):
     detail: str
 
     def __init__(self, reason: Reason, detail: str) -> None:
-        # Passing both to ValueError keeps the exception picklable (args rebuild it).
+        # Passing both to the base keeps the exception picklable (args rebuild it).
         super().__init__(reason, detail)
         self.reason = reason
         self.detail = detail

@@ -6,31 +6,32 @@ with a header naming that schema. Two framings are understood, told apart by the
 * ``C3 01`` + 8-byte little-endian CRC-64-AVRO fingerprint (Avro single-object encoding): needs
   no service; the reader finds the writer schema in a :class:`~streamscore.serde.schemas.SchemaStore`.
 * ``00`` + 4-byte big-endian schema id (Confluent wire format): interoperates with Kafka tooling;
-  the reader fetches the writer schema from the Schema Registry.
+  the reader fetches the writer schema from the Schema Registry
+  (:class:`~streamscore.serde.registry.SchemaRegistry`).
 
 Both go through the same fastavro encoder/decoder and raise only
 :class:`~streamscore.serde.errors.SerdeError`, so a consumer handles one error type whatever wrote
 the message. Decoding resolves the writer schema into the reader's, which is what lets a new
-reader consume old messages.
+reader consume old messages. Encoding first runs the schema's guard
+(:func:`~streamscore.serde.guard.compile_guard`), because fastavro's writer coerces some wrong
+types instead of refusing them.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
-import json
-import numbers
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 
 from streamscore.serde.compat import check_compatible
 from streamscore.serde.errors import SerdeError
+from streamscore.serde.guard import compile_guard
+from streamscore.serde.registry import SchemaRegistry
 from streamscore.serde.schemas import (
     DEFAULT_SCHEMAS_DIR,
     LoadedSchema,
@@ -41,9 +42,6 @@ from streamscore.serde.schemas import (
     parse,
     schema_path,
 )
-
-if TYPE_CHECKING:
-    from confluent_kafka.schema_registry import SchemaRegistryClient
 
 __all__ = ["CONFLUENT_MAGIC", "SINGLE_OBJECT_MAGIC", "Serde"]
 
@@ -113,12 +111,12 @@ class Serde:
         self._schema = loaded.parsed
         self._store = store
         store.add_loaded(loaded)
-        self._guard = _compile_guard(loaded.parsed)
+        self._guard = compile_guard(loaded.parsed)
         self._single_object_header = SINGLE_OBJECT_MAGIC + loaded.fingerprint
         # Writer fingerprint -> writer schema to resolve from (None: same as ours, no resolution).
         self._writers: dict[bytes, ParsedSchema | None] = {loaded.fingerprint: None}
         self._refused: dict[bytes, str] = {}
-        self._registry = _Registry(registry_url) if registry_url else None
+        self._registry = SchemaRegistry(registry_url) if registry_url else None
         self._subject = subject or (f"{name}-value" if registry_url else None)
         self._confluent_header: bytes | None = None
         self._lock = threading.Lock()
@@ -256,227 +254,3 @@ class Serde:
         if not isinstance(record, dict):  # pragma: no cover - a record schema always yields a dict
             raise SerdeError("corrupt", f"{self._name}: body decoded to {type(record).__name__}")
         return record
-
-
-# -- Confluent Schema Registry ----------------------------------------------------------------------
-
-
-@functools.cache
-def _client_for(url: str) -> SchemaRegistryClient:
-    """One client per URL and process: it holds the id caches, and ``mock://`` clients hold their
-    whole registry, which readers and writers must share."""
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
-    return SchemaRegistryClient.new_client({"url": url})
-
-
-class _Registry:
-    """Registry access with the caching and error mapping a Serde needs."""
-
-    def __init__(self, url: str) -> None:
-        self._url = url
-        try:
-            self._client = _client_for(url)
-        except ImportError as exc:
-            raise SerdeError(
-                "registry",
-                f"the schema registry client is not installed (confluent-kafka[schemaregistry]): {exc}",
-            ) from exc
-        except Exception as exc:
-            raise SerdeError("registry", f"cannot create a registry client for {url}: {exc}") from exc
-        self._by_id: dict[int, LoadedSchema] = {}
-
-    def register(self, subject: str, loaded: LoadedSchema) -> int:
-        from confluent_kafka.schema_registry import Schema
-
-        try:
-            return int(self._client.register_schema(subject, Schema(loaded.json_text, "AVRO")))
-        except Exception as exc:
-            raise SerdeError("registry", f"cannot register {subject!r} at {self._url}: {exc}") from exc
-
-    def writer(self, schema_id: int) -> LoadedSchema:
-        loaded = self._by_id.get(schema_id)
-        if loaded is not None:
-            return loaded
-        from confluent_kafka.schema_registry import SchemaRegistryError
-
-        try:
-            schema = self._client.get_schema(schema_id)
-        except SchemaRegistryError as exc:
-            if exc.http_status_code == 404:
-                raise SerdeError("unknown-schema", f"schema id {schema_id} is not in the registry") from exc
-            raise SerdeError("registry", f"fetching schema id {schema_id}: {exc}") from exc
-        except Exception as exc:
-            raise SerdeError("registry", f"fetching schema id {schema_id}: {exc}") from exc
-        if (schema.schema_type or "AVRO") != "AVRO" or schema.references:
-            raise SerdeError("unknown-schema", f"schema id {schema_id} is not a self-contained Avro schema")
-        try:
-            document = json.loads(schema.schema_str or "")
-        except ValueError as exc:
-            raise SerdeError("bad-schema", f"schema id {schema_id} is not JSON: {exc}") from exc
-        if not isinstance(document, dict):
-            raise SerdeError("bad-schema", f"schema id {schema_id} is not a record schema")
-        loaded = self._by_id[schema_id] = parse(document)
-        return loaded
-
-
-# -- encode guard -----------------------------------------------------------------------------------
-# fastavro's writer silently coerces some wrong types (the string "1.5" into a double, 1.7 into a
-# long, any truthy value into a boolean, a string into an array of characters). Running the full
-# validator first roughly doubles encoding cost, so only the fields whose writer is lenient get a
-# cheap check here; the writer's own errors catch the rest. Unions need none: fastavro validates
-# the value against each branch to pick one.
-
-_Check = Callable[[Any], None]
-_MISSING: Final = object()
-_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
-
-
-def _fail(path: str, expected: str, value: Any) -> SerdeError:
-    shown = repr(value)
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    return SerdeError("bad-type", f"{path}: expected {expected}, got {type(value).__name__} {shown}")
-
-
-def _is_integral(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _primitive_check(kind: str, logical: str | None, path: str) -> _Check | None:
-    if kind == "null":
-
-        def check_null(value: Any) -> None:
-            if value is not None:
-                raise _fail(path, "null", value)
-
-        return check_null
-    if kind == "boolean":
-
-        def check_boolean(value: Any) -> None:
-            if value is not True and value is not False:
-                raise _fail(path, "boolean", value)
-
-        return check_boolean
-    if kind in ("int", "long"):
-        # Logical int/long types (timestamp-millis, date, ...) also take date/time objects; the
-        # writer rejects the wrong kind of those itself.
-        temporal = (dt.date, dt.time) if logical else ()
-        ranged = kind == "int"
-
-        def check_integer(value: Any) -> None:
-            if type(value) is int or _is_integral(value):
-                if ranged and not _INT_MIN <= value <= _INT_MAX:
-                    raise _fail(path, "a 32-bit int", value)
-            elif not (temporal and isinstance(value, temporal)):
-                raise _fail(path, f"{logical or kind}", value)
-
-        return check_integer
-    if kind in ("float", "double"):
-
-        def check_real(value: Any) -> None:
-            if (
-                type(value) is not float
-                and type(value) is not int
-                and (isinstance(value, bool) or not isinstance(value, numbers.Real))
-            ):
-                raise _fail(path, kind, value)
-
-        return check_real
-    return None  # string, bytes: fastavro's writer already rejects wrong types
-
-
-class _GuardBuilder:
-    def __init__(self, named: Mapping[str, Any]) -> None:
-        self._named = named
-        self._in_progress: set[str] = set()
-
-    def build(self, node: Any, path: str) -> _Check | None:
-        if isinstance(node, list):
-            return None
-        if isinstance(node, str):
-            named = self._named.get(node)
-            return self.build(named, path) if named is not None else _primitive_check(node, None, path)
-        kind = node.get("type")
-        if not isinstance(kind, str) or kind in self._named:
-            return self.build(kind, path)
-        if kind in ("record", "error"):
-            return self._record(node, path)
-        if kind == "array":
-            return self._array(self.build(node["items"], f"{path}[]"), path)
-        if kind == "map":
-            return self._map(self.build(node["values"], f"{path}{{}}"), path)
-        if kind == "enum":
-            return self._enum(node, path)
-        if kind == "fixed":
-            return None
-        return _primitive_check(kind, node.get("logicalType"), path)
-
-    def _record(self, node: Mapping[str, Any], path: str) -> _Check | None:
-        name = node["name"]
-        if name in self._in_progress:
-            return None  # recursive type: deeper levels are left to the writer
-        self._in_progress.add(name)
-        try:
-            checks = [
-                (field["name"], check)
-                for field in node["fields"]
-                if (check := self.build(field["type"], f"{path}.{field['name']}")) is not None
-            ]
-        finally:
-            self._in_progress.discard(name)
-        if not checks:
-            return None
-
-        def check_record(value: Any) -> None:
-            if not isinstance(value, Mapping):
-                raise _fail(path, "a mapping (record)", value)
-            for field_name, check in checks:
-                item = value.get(field_name, _MISSING)
-                if item is not _MISSING:
-                    check(item)
-
-        return check_record
-
-    @staticmethod
-    def _enum(node: Mapping[str, Any], path: str) -> _Check:
-        # The writer rejects unknown symbols too, but without saying which field.
-        symbols = frozenset(node["symbols"])
-        expected = f"one of {sorted(symbols)}"
-
-        def check_enum(value: Any) -> None:
-            if not isinstance(value, str) or value not in symbols:
-                raise _fail(path, expected, value)
-
-        return check_enum
-
-    @staticmethod
-    def _array(items: _Check | None, path: str) -> _Check:
-        def check_array(value: Any) -> None:
-            if type(value) is not list and (
-                not isinstance(value, Sequence) or isinstance(value, str | bytes | bytearray)
-            ):
-                raise _fail(path, "an array (list)", value)
-            if items is not None:
-                for item in value:
-                    items(item)
-
-        return check_array
-
-    @staticmethod
-    def _map(values: _Check | None, path: str) -> _Check | None:
-        if values is None:
-            return None  # the writer already requires a mapping with string keys
-
-        def check_map(value: Any) -> None:
-            if not isinstance(value, Mapping):
-                raise _fail(path, "a map", value)
-            for item in value.values():
-                values(item)
-
-        return check_map
-
-
-def _compile_guard(schema: ParsedSchema) -> _Check | None:
-    named: Mapping[str, Any] = schema.get("__named_schemas", {})
-    return _GuardBuilder(named).build(schema, str(schema["name"]).rsplit(".", 1)[-1])

@@ -279,7 +279,7 @@ class PrometheusComponent(Component):
     """Prometheus from Debian's package, scraping every streamscore service on this host.
 
     Services are not listed in the config: each one writes a ``file_sd`` target file when its /metrics
-    server starts (``streamscore.monitoring.exporter``), and Prometheus watches that directory, so a service
+    server starts (``streamscore.exporter``), and Prometheus watches that directory, so a service
     started later, a second worker on the next free port, or the retrainer is scraped without a restart.
     """
 
@@ -302,7 +302,7 @@ class PrometheusComponent(Component):
         return self.root / "prometheus.yml"
 
     def scrape_config(self) -> dict[str, object]:
-        from streamscore.monitoring.exporter import targets_dir
+        from streamscore.exporter import targets_dir
 
         interval = f"{self.settings.monitoring.scrape_interval_s:g}s"
         return {
@@ -319,7 +319,7 @@ class PrometheusComponent(Component):
         }
 
     def prepare(self) -> None:
-        from streamscore.monitoring.exporter import targets_dir
+        from streamscore.exporter import targets_dir
 
         self.check_local(self.settings.monitoring.prometheus_host)
         _require_tool("prometheus", "install it (`make install` does: apt-get install prometheus)")

@@ -14,7 +14,6 @@ from streamscore.store.config import (
     feature_store,
     quiet_feast,
     repo_config,
-    settings_env,
 )
 from streamscore.store.online import OnlineWriter
 
@@ -27,5 +26,4 @@ __all__ = [
     "feature_store",
     "quiet_feast",
     "repo_config",
-    "settings_env",
 ]

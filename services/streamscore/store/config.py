@@ -40,10 +40,9 @@ from feast.repo_config import RegistryConfig
 from feast.repo_contents import RepoContents
 from feast.repo_operations import extract_objects_for_apply_delete
 from feast.stream_feature_view import StreamFeatureView
-from pydantic import BaseModel, SecretStr
 
 from streamscore.resources import feature_repo_dir
-from streamscore.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, ConfigError, RedisSettings, Settings
+from streamscore.settings import ENV_PREFIX, ConfigError, RedisSettings, Settings, settings_env
 
 __all__ = [
     "PROJECT",
@@ -56,7 +55,6 @@ __all__ = [
     "redis_connection_string",
     "registry_path",
     "repo_config",
-    "settings_env",
 ]
 
 PROJECT = "streamscore"
@@ -159,8 +157,8 @@ def feast_env(settings: Settings) -> dict[str, str]:
     """``FEAST_REGISTRY_PATH`` and ``FEAST_REDIS_CONNECTION`` for running the ``feast`` CLI on ``feature_repo/``.
 
     ``feast apply`` also imports ``definitions.py``, which reads the ``STREAMSCORE_*`` settings from the
-    environment (and from a ``.env`` in the directory Feast changes into): add :func:`settings_env` when the
-    CLI must see exactly these settings.
+    environment (and from a ``.env`` in the directory Feast changes into): add
+    :func:`~streamscore.settings.settings_env` when the CLI must see exactly these settings.
     """
     path = registry_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,41 +166,6 @@ def feast_env(settings: Settings) -> dict[str, str]:
         "FEAST_REGISTRY_PATH": _yaml_safe("FEAST_REGISTRY_PATH", str(path)),
         "FEAST_REDIS_CONNECTION": _yaml_safe("FEAST_REDIS_CONNECTION", redis_connection_string(settings.redis)),
     }
-
-
-def _env_value(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
-    if isinstance(value, dict):
-        return json.dumps(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The ``STREAMSCORE_*`` variables from which :func:`~streamscore.settings.load_settings` rebuilds ``settings``.
-
-    Unset optional fields are left out (their default is "unset" too). Secrets are included in clear text: the
-    result is meant for a child process's or a module import's environment, never for a log.
-    """
-    env: dict[str, str] = {}
-
-    def put(name: str, value: Any) -> None:
-        shown = _env_value(value)
-        if shown is not None:
-            env[name.upper()] = shown
-
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if isinstance(value, BaseModel):
-            for sub in type(value).model_fields:
-                put(f"{ENV_PREFIX}{name}{ENV_NESTED_DELIMITER}{sub}", getattr(value, sub))
-        else:
-            put(f"{ENV_PREFIX}{name}", value)
-    return env
 
 
 @contextmanager

@@ -5,7 +5,8 @@ timestamp is not newer. For a stream processor that is wrong twice over: a corre
 window end must replace the old value, and replaying a batch after a crash must leave the same state. This
 writer never reads: it ``HSET``s each entity's fields (an ``HSET`` of the values already there changes nothing,
 so a replay is idempotent by construction) in one non-transactional pipeline, with the same keys, field hashes
-and value bytes Feast writes, so Feast's ``get_online_features`` reads the result unchanged.
+and value bytes Feast writes (:mod:`~streamscore.store.layout`), so Feast's ``get_online_features`` reads the
+result unchanged.
 
 Order between writers is the caller's concern: the last write of an entity wins, as in Feast's own
 ``skip_dedup`` mode. A stream processor partitions by entity, so one writer owns each entity.
@@ -15,25 +16,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import redis
-from feast import FeatureStore, FeatureView
-from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
-from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
-from feast.types import Float64, Int64, String
+from feast import FeatureStore
+from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 from prometheus_client import Counter, Histogram
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from streamscore.settings import Settings
 from streamscore.store.config import feature_store, quiet_feast
-from streamscore.store.encoding import encode_doubles, encode_int64s, encode_timestamps, redis_keys
+from streamscore.store.encoding import encode_doubles, encode_int64s, encode_timestamps
+from streamscore.store.layout import ViewLayout, redis_client, redis_keys, view_layout
 
 __all__ = ["OnlineWriter"]
 
@@ -49,42 +46,6 @@ WRITE_RETRIES = Counter(
 )
 
 _RETRIABLE = (redis.ConnectionError, redis.TimeoutError)
-
-
-@dataclass(frozen=True, slots=True)
-class _ViewPlan:
-    """Everything about one view that does not change between writes, computed once."""
-
-    name: str  # as registered: what callers pass to write()
-    join_key: str
-    int64_fields: dict[str, bytes]  # feature name -> mmh3("<view>:<feature>") hash field
-    double_fields: dict[str, bytes]
-    ts_field: bytes  # b"_ts:<view>"
-
-
-def _plan(view: FeatureView, enable_versioning: bool) -> _ViewPlan | str:
-    """The write plan of a view, or why this writer cannot write it."""
-    stored_name = compute_versioned_name(view, enable_versioning)  # Feast's name in the Redis fields
-    entity_columns = list(view.entity_columns)
-    if len(entity_columns) != 1 or entity_columns[0].dtype != String:
-        return f"view {view.name!r} must have exactly one String join key, has {[c.name for c in entity_columns]}"
-    join_key = entity_columns[0].name
-    int64_fields: dict[str, bytes] = {}
-    double_fields: dict[str, bytes] = {}
-    for field in view.features:
-        if field.name == join_key:
-            # Feast's StreamFeatureView.to_proto stores its schema (entity columns included) as its features, so a
-            # view read back from the registry lists its join key as a feature. It is not one: the feature service
-            # never asks for it, and the key of the hash already holds the value.
-            continue
-        hashed: bytes = _mmh3(f"{stored_name}:{field.name}")
-        if field.dtype == Int64:
-            int64_fields[field.name] = hashed
-        elif field.dtype == Float64:
-            double_fields[field.name] = hashed
-        else:
-            return f"view {view.name!r}: feature {field.name!r} is {field.dtype}, only Int64 and Float64 are written"
-    return _ViewPlan(view.name, join_key, int64_fields, double_fields, f"_ts:{stored_name}".encode())
 
 
 def _column(values: Any, n: int, name: str) -> npt.NDArray[Any]:
@@ -123,21 +84,6 @@ def _epoch_ms(event_ts: Any, n: int) -> npt.NDArray[np.int64]:
     if array.dtype.kind not in "iu":
         raise ValueError(f"event_ts must be int64 epoch milliseconds, got a {array.dtype} array")
     return array.astype(np.int64, copy=False)
-
-
-def _redis_client(config: RedisOnlineStoreConfig, socket_timeout_s: float) -> redis.Redis[bytes]:
-    """A client for the Redis Feast reads, parsed from the same connection string with Feast's own parser.
-
-    redis-py's built-in retry (3 retries, backoff up to 10 s, on by default since 6.0) is switched off so that
-    the writer's one bounded retry policy is the only one. Timeouts default to ``socket_timeout_s``: Feast's client
-    has none, and a write blocked forever on a half-open socket would stall the stream processor silently.
-    """
-    if config.redis_type != RedisType.redis:
-        raise ValueError(f"OnlineWriter writes to a single Redis, not redis_type={config.redis_type.value}")
-    nodes, params = RedisOnlineStore._parse_connection_string(config.connection_string)
-    params.setdefault("socket_timeout", socket_timeout_s)
-    params.setdefault("socket_connect_timeout", socket_timeout_s)
-    return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), retry=Retry(NoBackoff(), 0), **params)
 
 
 class OnlineWriter:
@@ -185,10 +131,10 @@ class OnlineWriter:
         versioning = bool(config.registry.enable_online_feature_view_versioning)
         with quiet_feast():
             views = [*self.store.list_stream_feature_views(), *self.store.list_feature_views()]
-        plans = {view.name: _plan(view, versioning) for view in views if view.online}
-        self._plans = {name: plan for name, plan in plans.items() if isinstance(plan, _ViewPlan)}
-        self._unwritable = {name: plan for name, plan in plans.items() if isinstance(plan, str)}
-        self.redis = _redis_client(online, socket_timeout_s)
+        layouts = {view.name: view_layout(view, versioning) for view in views if view.online}
+        self._layouts = {name: layout for name, layout in layouts.items() if isinstance(layout, ViewLayout)}
+        self._unwritable = {name: layout for name, layout in layouts.items() if isinstance(layout, str)}
+        self.redis = redis_client(online, socket_timeout_s)
         # Safe to reuse across writes from one thread; the writer as a whole is not meant to be shared by threads.
         self._retrying = Retrying(
             retry=retry_if_exception_type(_RETRIABLE),
@@ -201,7 +147,7 @@ class OnlineWriter:
     @property
     def views(self) -> dict[str, list[str]]:
         """Each writable view's feature names, sorted: exactly the keys ``write`` expects in ``features``."""
-        return {name: sorted([*p.int64_fields, *p.double_fields]) for name, p in sorted(self._plans.items())}
+        return {name: sorted([*v.int64_fields, *v.double_fields]) for name, v in sorted(self._layouts.items())}
 
     def write(
         self,
@@ -220,13 +166,13 @@ class OnlineWriter:
         backoff, the whole batch each time (safe, because the writes are idempotent), and raised after
         ``attempts`` tries.
         """
-        plan = self._plans.get(view)
-        if plan is None:
-            known = ", ".join(sorted(self._plans)) or "none"
+        layout = self._layouts.get(view)
+        if layout is None:
+            known = ", ".join(sorted(self._layouts)) or "none"
             raise ValueError(self._unwritable.get(view, f"unknown view {view!r} (writable views: {known})"))
         started = time.perf_counter()
         n = len(entity_ids)
-        expected = plan.int64_fields.keys() | plan.double_fields.keys()
+        expected = layout.int64_fields.keys() | layout.double_fields.keys()
         if features.keys() != expected:
             missing, unknown = sorted(expected - features.keys()), sorted(features.keys() - expected)
             raise ValueError(f"features of {view!r} must be exactly its own: missing {missing}, unknown {unknown}")
@@ -235,17 +181,17 @@ class OnlineWriter:
         # One row per HSET: key, then (field, value) pairs, then the _ts pair. Filled column by column.
         width = 2 * (len(expected) + 1) + 1
         table = np.empty((n, width), dtype=object)
-        table[:, 0] = redis_keys(plan.join_key, entity_ids, self.project)
+        table[:, 0] = redis_keys(layout.join_key, entity_ids, self.project)
         column = 1
-        for name, hashed in plan.int64_fields.items():
+        for name, hashed in layout.int64_fields.items():
             table[:, column] = hashed
             table[:, column + 1] = _int64_column(features[name], n, name)
             column += 2
-        for name, hashed in plan.double_fields.items():
+        for name, hashed in layout.double_fields.items():
             table[:, column] = hashed
             table[:, column + 1] = _double_column(features[name], n, name)
             column += 2
-        table[:, column] = plan.ts_field
+        table[:, column] = layout.ts_field
         table[:, column + 1] = timestamps
         commands: list[list[bytes]] = table.tolist()
 

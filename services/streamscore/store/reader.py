@@ -8,7 +8,7 @@ batches once (the murmur3 hash fields of each ``view:feature`` and the ``_ts:<vi
 the tail of an ``HMGET`` command; output columns), sends one ``HMGET`` per (view, distinct entity) in one
 pipelined write (one round trip, like ``pipeline(transaction=False)`` but without redis-py's per-argument
 packing, see :meth:`OnlineReader._round_trip`), and decodes the replies column-wise with numpy instead of one
-protobuf object per value.
+protobuf object per value (:mod:`~streamscore.store.decoding`).
 
 It reads exactly what Feast's ``get_online_features(features=<service>)`` reads, value for value
 (``tests/store/test_reader.py`` compares the two on the same Redis), including what Feast does *not* do:
@@ -38,19 +38,16 @@ import numpy as np
 import numpy.typing as npt
 from feast import FeatureStore, FeatureView
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig
-from feast.protos.feast.types.Value_pb2 import Value
-from feast.type_map import feast_value_type_to_python_type
-from google.protobuf.timestamp_pb2 import Timestamp  # type: ignore[import-untyped]
 from prometheus_client import Histogram
 
 from streamscore.settings import Settings
 from streamscore.store.config import feature_store, quiet_feast
-from streamscore.store.encoding import _DOUBLE_VAL, _INT64_VAL, _TS_NANOS, _TS_SECONDS, redis_keys
+from streamscore.store.decoding import Cells, decode_timestamps_at, decode_values_at
 
-# Private helpers of the writer, shared on purpose: the reader must build the very keys and fields it writes.
-from streamscore.store.online import _plan, _redis_client, _ViewPlan
+# The writer's layout, not a copy of it: the reader must build the very keys and fields the writer writes.
+from streamscore.store.layout import ViewLayout, redis_client, redis_keys, view_layout
 
-__all__ = ["OnlineBatch", "OnlineReader", "decode_timestamps", "decode_values"]
+__all__ = ["OnlineBatch", "OnlineReader"]
 
 READ_SECONDS = Histogram(
     "streamscore_online_read_seconds",
@@ -58,192 +55,6 @@ READ_SECONDS = Histogram(
     ["feature_service"],
     buckets=(0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
-
-_VARINT_BYTES = 10  # the longest varint: a negative int64
-# Zero bytes after the last cell, so reading a whole varint or double at any cell start never runs off the end.
-_PAD = bytes(2 * (1 + _VARINT_BYTES))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Decoding: the inverse of encoding.py, column-wise, with the protobuf library as the fallback for anything else
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Cells:
-    """Redis reply cells (``bytes`` or ``None``) laid end to end in one buffer, so that decoding is array work.
-
-    Built with one C-level pass for the lengths and one ``join``: two cheap steps per cell, where a protobuf
-    parse per cell would cost a dozen times more.
-    """
-
-    raw: list[bytes | None]
-    buf: npt.NDArray[np.uint8]
-    doubles: npt.NDArray[np.float64]  # doubles[i]: the 8 bytes from buf[i] on, little endian (an unaligned view)
-    words: npt.NDArray[np.uint64]  # the same as an unsigned integer
-    starts: npt.NDArray[np.int64]
-    lengths: npt.NDArray[np.int64]  # 0 for None as for b""
-    absent: npt.NDArray[np.bool_]  # None: no such field (or no hash at all)
-
-    @classmethod
-    def of(cls, raw: list[bytes | None]) -> _Cells:
-        n = len(raw)
-        try:  # no None, the usual case: map and join run in C
-            lengths = np.fromiter(map(len, raw), dtype=np.int64, count=n)  # type: ignore[arg-type]
-            data = b"".join(raw) + _PAD  # type: ignore[arg-type]
-            absent = np.zeros(n, dtype=np.bool_)
-        except TypeError:  # some field or hash is absent
-            lengths = np.fromiter([-1 if cell is None else len(cell) for cell in raw], dtype=np.int64, count=n)
-            absent = lengths < 0
-            lengths[absent] = 0
-            # filter(None, ...) drops None and b"" alike: both are zero bytes long, so the offsets still hold.
-            data = b"".join(filter(None, raw)) + _PAD
-        buf = np.frombuffer(data, dtype=np.uint8)
-        doubles = np.ndarray(shape=(len(data) - 7,), dtype="<f8", buffer=data, strides=(1,))
-        words = np.ndarray(shape=(len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
-        ends = np.cumsum(lengths)
-        return cls(raw, buf, doubles, words, ends - lengths, lengths, absent)
-
-
-def _varints_bytewise(
-    buf: npt.NDArray[np.uint8], at: npt.NDArray[np.int64]
-) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
-    """:func:`_varints` one byte at a time over the rows still going: for the 9- and 10-byte varints."""
-    byte = buf[at]
-    value = (byte & 0x7F).astype(np.uint64)
-    going = byte >= 0x80  # the continuation bit
-    length = np.ones(at.shape[0], dtype=np.int64)
-    for k in range(1, _VARINT_BYTES):
-        rows = np.flatnonzero(going)
-        if rows.shape[0] == 0:
-            break
-        byte = buf[at[rows] + k]
-        value[rows] |= (byte & 0x7F).astype(np.uint64) << np.uint64(7 * k)
-        length[rows] += 1
-        going[rows] = byte >= 0x80
-    length[going] = 0
-    return value, length
-
-
-def _u64(x: int) -> np.uint64:
-    return np.uint64(x)
-
-
-_MSBS, _SEPTETS = _u64(0x8080808080808080), _u64(0x7F7F7F7F7F7F7F7F)
-# Squeezing out the continuation bits: 7-bit groups pair into 14 bits, then 28, then 56 (a branch-free "pext").
-_SQUEEZE = (
-    (_u64(0x007F007F007F007F), _u64(0x7F007F007F007F00), _u64(1)),
-    (_u64(0x00003FFF00003FFF), _u64(0x3FFF00003FFF0000), _u64(2)),
-    (_u64(0x000000000FFFFFFF), _u64(0x0FFFFFFF00000000), _u64(4)),
-)
-
-
-def _varints(cells: _Cells, at: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
-    """The varint starting at each offset ``at``: its value, and its length in bytes (0: no end in 10 bytes).
-
-    Each row's next 8 bytes are one little-endian word; the varint ends at the first byte without the
-    continuation bit, and bit masks squeeze its 7-bit groups together: a fixed dozen array operations, however
-    long the varints. The rare varint longer than 8 bytes (an int64 of 2**56 or more, or a negative one) is
-    decoded byte by byte.
-    """
-    word = cells.words[at]
-    ends = ~word & _MSBS  # the top bit of every byte that ends a varint
-    last = ends & (~ends + _u64(1))  # the first of them (0 if none in 8 bytes)
-    x = word & (last + last - _u64(1)) & _SEPTETS  # the varint's bytes, continuation bits cleared
-    for low, high, shift in _SQUEEZE:
-        x = (x & low) | ((x & high) >> shift)
-    _, exponent = np.frexp(last.astype(np.float64))  # last == 2**(8k + 7) for a varint of k + 1 bytes
-    length = exponent.astype(np.int64) // 8
-    long = np.flatnonzero(last == 0)
-    if long.shape[0]:
-        x[long], length[long] = _varints_bytewise(cells.buf, at[long])
-    return x, length
-
-
-def _fallback_value(cell: bytes | None) -> float | None:
-    """Any encoding the fast path does not take, converted the way Feast's ``to_dict`` does, then to a float."""
-    value = Value()
-    value.ParseFromString(cell or b"")
-    python = feast_value_type_to_python_type(value)
-    if python is None or isinstance(python, bool | int | float):
-        return None if python is None else float(python)
-    raise ValueError(f"stored feature value {python!r} ({value.WhichOneof('val')}) is not a number")
-
-
-def _decode_values(cells: _Cells, index: npt.NDArray[np.intp]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-    """The ``Value`` cells at ``index`` as floats, and which of them Feast would return as ``None``."""
-    buf, starts, lengths = cells.buf, cells.starts[index], cells.lengths[index]
-    out = np.full(index.shape[0], np.nan)
-    tag = buf[starts]
-    missing = lengths == 0  # None, or b"": the empty Value, Feast's null
-    done = missing.copy()
-
-    double = ~missing & (tag == _DOUBLE_VAL) & (lengths == 9)
-    out[double] = cells.doubles[starts[double] + 1]
-    done |= double
-
-    integer = ~missing & (tag == _INT64_VAL)
-    if integer.any():
-        rows = np.flatnonzero(integer)
-        value, length = _varints(cells, starts[rows] + 1)
-        whole = (length > 0) & (length + 1 == lengths[rows])  # exactly one varint, nothing after it
-        rows = rows[whole]
-        out[rows] = value[whole].view(np.int64).astype(np.float64)
-        done[rows] = True
-
-    for row in np.flatnonzero(~done).tolist():  # only for bytes neither our writer nor Feast's produces
-        decoded = _fallback_value(cells.raw[int(index[row])])
-        missing[row] = decoded is None
-        out[row] = np.nan if decoded is None else decoded
-    return out, missing
-
-
-def _decode_timestamps(cells: _Cells, index: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
-    """The ``Timestamp`` cells at ``index`` as epoch milliseconds (nanos floored), -1 where the field is absent."""
-    buf, starts, lengths = cells.buf, cells.starts[index], cells.lengths[index]
-    ends = starts + lengths
-    has_seconds = (lengths > 0) & (buf[starts] == _TS_SECONDS)
-    seconds, seconds_length = _varints(cells, starts + 1)
-    at = np.where(has_seconds, starts + 1 + seconds_length, starts)
-    has_nanos = (at < ends) & (buf[at] == _TS_NANOS)
-    nanos, nanos_length = _varints(cells, at + 1)
-    at = np.where(has_nanos, at + 1 + nanos_length, at)
-    ok = (at == ends) & ~(has_seconds & (seconds_length == 0)) & ~(has_nanos & (nanos_length == 0))
-    ms: npt.NDArray[np.int64] = (
-        np.where(has_seconds, seconds.view(np.int64), 0) * 1000
-        + np.where(has_nanos, nanos.view(np.int64), 0) // 1_000_000
-    )
-    for row in np.flatnonzero(~ok).tolist():  # field order swapped, or repeated: legal protobuf, never written
-        stamp = Timestamp()
-        stamp.ParseFromString(cells.raw[int(index[row])] or b"")
-        ms[row] = stamp.seconds * 1000 + stamp.nanos // 1_000_000
-    ms[cells.absent[index]] = -1
-    return ms
-
-
-def decode_values(cells: Sequence[bytes | None]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-    """Serialized ``feast.types.Value`` cells (``None``: absent) as float64, and which Feast reads as ``None``.
-
-    The fast path takes the two encodings this project stores (``double_val`` and ``int64_val``, as written by
-    :mod:`streamscore.store.encoding` and by Feast); any other bytes are parsed with the protobuf library and
-    converted as Feast's ``to_dict`` would, so a value is never misread. A non-numeric value raises ValueError.
-    """
-    raw = list(cells)
-    return _decode_values(_Cells.of(raw), np.arange(len(raw)))
-
-
-def decode_timestamps(cells: Sequence[bytes | None]) -> npt.NDArray[np.int64]:
-    """Serialized ``google.protobuf.Timestamp`` cells as epoch milliseconds; -1 where a cell is ``None``.
-
-    ``b""`` is the epoch itself (proto3 leaves zero fields out), which Feast also reads as 1970-01-01.
-    """
-    raw = list(cells)
-    return _decode_timestamps(_Cells.of(raw), np.arange(len(raw)))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The reader
-# ----------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,18 +94,18 @@ class _ViewRead:
 
 
 def _view_read(
-    name: str, plan: _ViewPlan, features: list[str], join_key_map: Mapping[str, str], columns: slice, ttl: Any
+    name: str, layout: ViewLayout, features: list[str], join_key_map: Mapping[str, str], columns: slice, ttl: Any
 ) -> _ViewRead:
-    hashes = {**plan.int64_fields, **plan.double_fields}
+    hashes = {**layout.int64_fields, **layout.double_fields}
     unknown = [f for f in features if f not in hashes]
     if unknown:
         raise ValueError(f"view {name!r} has no stored feature(s) {unknown}")
     ttl_ms = int(ttl.total_seconds() * 1000) if ttl else None
-    fields = (*(hashes[f] for f in features), plan.ts_field)
+    fields = (*(hashes[f] for f in features), layout.ts_field)
     return _ViewRead(
         name=name,
-        join_key=plan.join_key,
-        request_key=join_key_map.get(plan.join_key, plan.join_key),
+        join_key=layout.join_key,
+        request_key=join_key_map.get(layout.join_key, layout.join_key),
         fields=fields,
         command_head=b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2),
         command_tail=b"\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(field), field) for field in fields),
@@ -353,13 +164,13 @@ class OnlineReader:
                 view = self.store.registry.get_any_feature_view(projection.name, self.project, allow_cache=True)
                 if not isinstance(view, FeatureView):
                     raise ValueError(f"{feature_service!r}: {projection.name!r} is not a stored feature view")
-                plan = _plan(view, versioning)
-                if isinstance(plan, str):
-                    raise ValueError(f"{feature_service!r}: {plan}")
+                layout = view_layout(view, versioning)
+                if isinstance(layout, str):
+                    raise ValueError(f"{feature_service!r}: {layout}")
                 features = [field.name for field in projection.features]
                 columns = slice(len(names), len(names) + len(features))
                 shown: str = projection.name_to_use()  # type: ignore[no-untyped-call]  # alias, else the view's name
-                views.append(_view_read(shown, plan, features, projection.join_key_map, columns, view.ttl))
+                views.append(_view_read(shown, layout, features, projection.join_key_map, columns, view.ttl))
                 names.extend(features)
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
@@ -369,7 +180,7 @@ class OnlineReader:
         self.views: tuple[str, ...] = tuple(v.name for v in views)
         self.ttl_ms: tuple[int | None, ...] = tuple(v.ttl_ms for v in views)  # not applied: see the module doc
         self.entity_keys: tuple[str, ...] = tuple(dict.fromkeys(v.request_key for v in views))
-        self.redis = _redis_client(online, socket_timeout_s)
+        self.redis = redis_client(online, socket_timeout_s)
         self._seconds = READ_SECONDS.labels(feature_service)
 
     def read(self, entities: Mapping[str, Sequence[str]]) -> OnlineBatch:
@@ -406,7 +217,7 @@ class OnlineReader:
 
         # Replies are laid out view after view, one reply of len(fields) cells per distinct entity, the _ts
         # cell last: index the value cells and the _ts cells of all views, and decode each kind in one go.
-        cells = _Cells.of(list(chain.from_iterable(replies)))
+        cells = Cells.of(list(chain.from_iterable(replies)))
         value_parts: list[npt.NDArray[np.intp]] = []
         ts_parts: list[npt.NDArray[np.intp]] = []
         first = 0
@@ -416,8 +227,8 @@ class OnlineReader:
             value_parts.append((replies_start[:, None] + view.value_offsets).ravel())
             ts_parts.append(replies_start + (stride - 1))
             first += replies_start.shape[0] * stride
-        decoded, null = _decode_values(cells, np.concatenate(value_parts))
-        stamps = _decode_timestamps(cells, np.concatenate(ts_parts))
+        decoded, null = decode_values_at(cells, np.concatenate(value_parts))
+        stamps = decode_timestamps_at(cells, np.concatenate(ts_parts))
 
         values = np.empty((n, width))
         missing = np.empty((n, width), dtype=np.bool_)

@@ -1,0 +1,88 @@
+"""The `streamscore` command line: one entry point, grouped by noun (`stack`, `topics`, `features`, `models`,
+`inference`, `retrain`, ...), each group in a module of its own.
+
+Settings are loaded once, in the root callback, and handed down through the context. Failures a user can fix
+(bad configuration, a stack that will not start) print one line on stderr and exit non-zero, never a
+traceback. Heavy libraries (Feast, MLflow, ONNX Runtime, faust) are imported inside the commands that need
+them, so `--help` and the light commands start fast.
+
+Spellings of the previous release (`backfill`, `train`, `retrain-on-drift`) still work, hidden from `--help`,
+with a one-line notice of the new name; they go in the next release.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from streamscore.cli import config, demo, feast, features, generate, inference, models, monitor, retrain, stack
+from streamscore.cli.output import err_console
+from streamscore.errors import StreamscoreError
+from streamscore.settings import load_settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    help="Real-time features and scoring on Kafka.",
+)
+
+
+@app.callback()
+def _load(ctx: typer.Context) -> None:
+    import logging
+
+    from rich.logging import RichHandler
+
+    settings = load_settings()
+    # Rich for people at a terminal; one plain line per record for log collectors (Rich would wrap at 80).
+    handler: logging.Handler = (
+        RichHandler(console=err_console, show_path=False) if err_console.is_terminal else logging.StreamHandler()
+    )
+    fmt = "%(name)s: %(message)s" if err_console.is_terminal else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=settings.log_level, format=fmt, handlers=[handler])
+    for noisy in ("feast", "httpx"):  # httpx logs every request (Prometheus, MLflow) at INFO
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    ctx.obj = settings
+
+
+for name, group in (("stack", stack.stack_app), ("topics", stack.topics_app), ("config", config.config_app),
+                    ("features", features.features_app), ("models", models.models_app),
+                    ("inference", inference.inference_app), ("retrain", retrain.retrain_app)):  # fmt: skip
+    app.add_typer(group, name=name)
+app.command("generate")(generate.generate)
+app.command("feast", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(feast.feast_cli)
+app.command("top")(monitor.top)
+app.command("report")(monitor.report)
+app.command("demo")(demo.demo)
+
+
+def _renamed(command: Callable[..., Any], old: str, new: str) -> Callable[..., Any]:
+    @functools.wraps(command)
+    def alias(*args: Any, **kwargs: Any) -> Any:
+        err_console.print(f"[yellow]`streamscore {old}` is now `streamscore {new}`; the old name goes next release[/]")
+        return command(*args, **kwargs)
+
+    return alias
+
+
+for old, new, command in (("backfill", "features backfill", features.features_backfill),
+                          ("train", "models train", models.models_train),
+                          ("retrain-on-drift", "retrain run", retrain.retrain_run)):  # fmt: skip
+    app.command(old, hidden=True)(_renamed(command, old, new))
+
+
+def main() -> None:
+    """Console-script entry point: errors a user can act on become one line and an exit code."""
+    try:
+        app()
+    except StreamscoreError as exc:
+        kind = "configuration error" if exc.exit_code == 2 else "error"
+        err_console.print(f"[red]{kind}:[/] {exc}", soft_wrap=True)
+        sys.exit(exc.exit_code)
