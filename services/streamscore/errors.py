@@ -1,11 +1,11 @@
 """One root for every error streamscore raises on purpose, so a caller needs one ``except`` to tell a problem a user
 can act on from a bug.
 
-The CLI catches :class:`StreamscoreError` only: it prints the message as one line (no traceback) and exits with the
-class's ``exit_code``; anything else is a bug and keeps its traceback. So a message says what went wrong and what to
-do about it, and a module adds a subclass here rather than a second root. Where callers may rely on a builtin
-(``except ValueError`` for a bad value, ``except RuntimeError`` for a client failure) that builtin stays a second
-base, after this one.
+The CLI prints a :class:`StreamscoreError`'s message as one line (no traceback) and exits with the class's
+``exit_code``; anything else is a bug, printed as one line that names the exception (its traceback with
+``streamscore --debug``). So a message says what went wrong and what to do about it, and a module adds a subclass
+here rather than a second root. Where callers may rely on a builtin (``except ValueError`` for a bad value,
+``except RuntimeError`` for a client failure) that builtin stays a second base, after this one.
 
 The hierarchy, along an event's path, with the module that defines each class::
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,7 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 import streamscore.retrain
-from streamscore.cli import app
+from streamscore.cli import app, main
+from streamscore.generator import GeneratorConfig, write_parquet
 
 NOUNS = {"stack", "topics", "config", "features", "models", "inference", "retrain"}
 
@@ -44,3 +48,66 @@ def test_an_alias_runs_the_new_command_and_says_so(monkeypatch: pytest.MonkeyPat
     assert result.exit_code == 0, result.output
     assert seen[0].retrain.min_reports == 5
     assert "`streamscore retrain-on-drift` is now `streamscore retrain run`" in result.stderr
+
+
+def _main(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["streamscore", *argv])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    code = exited.value.code
+    return int(code) if isinstance(code, int) else 1, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "start"),
+    [
+        (["generate", "--to", "x.csv"], 2, "usage error: Invalid value: --to must be 'kafka'"),
+        (["nosuch"], 2, "usage error: No such command 'nosuch'"),
+        (["models", "show"], 2, "usage error: Missing argument 'version'"),
+        (["features", "backfill", "--events", "/nope.parquet", "--start", "2026-01-01", "--end", "2026-01-02"], 2,
+         "usage error: Invalid value for '--events': file '/nope.parquet' does not exist"),
+        (["report", "--since", "90"], 1, "error: '90' has no unit"),
+    ],
+)  # fmt: skip
+def test_a_mistake_is_one_line_and_a_failing_exit(
+    argv: list[str], code: int, start: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    got, err = _main(argv, monkeypatch, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert got == code, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith(start), err
+
+
+def test_an_unexpected_failure_is_one_line_unless_debug(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def boom(settings: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(streamscore.retrain, "run_retrainer", boom)
+    code, err = _main(["retrain", "run"], monkeypatch, capsys)
+    assert code == 1
+    assert err.strip() == "error: RuntimeError: boom (run again with --debug for the traceback)"
+    monkeypatch.setattr(sys, "argv", ["streamscore", "--debug", "retrain", "run"])
+    with pytest.raises(RuntimeError, match="boom"):
+        main()
+
+
+def test_a_backfill_that_matches_nothing_keeps_the_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It used to rewrite the offline tables empty, exit 0: the training data gone."""
+    monkeypatch.setenv("STREAMSCORE_DATA_DIR", str(tmp_path / "data"))
+    assert CliRunner().invoke(app, ["features", "apply"]).exit_code == 0
+    events = tmp_path / "h.parquet"
+    write_parquet(GeneratorConfig(events=200, start=datetime(2026, 12, 1, tzinfo=UTC)), events)
+    table = tmp_path / "data" / "offline" / "user_transactions.parquet"
+    table.parent.mkdir(parents=True)
+    table.write_bytes(b"the demo's table")
+    argv = ["features", "backfill", "--events", str(events), "--start", "2026-11-01", "--end", "2026-11-03"]
+    code, err = _main(argv, monkeypatch, capsys)
+    assert code == 1
+    assert "no event of" in err
+    assert "pass --force" in err
+    assert table.read_bytes() == b"the demo's table"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -26,6 +26,8 @@ from streamscore.settings import load_settings
 
 __all__ = ["app", "main"]
 
+_state = {"debug": False}
+
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
@@ -35,12 +37,17 @@ app = typer.Typer(
 
 
 @app.callback()
-def _load(ctx: typer.Context) -> None:
+def _load(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an unexpected failure.")] = False,
+) -> None:
     import logging
 
     from rich.logging import RichHandler
 
+    _state["debug"] = debug
     settings = load_settings()
+    _state["debug"] = debug or settings.log_level == "DEBUG"
     # Rich for people at a terminal; one plain line per record for log collectors (Rich would wrap at 80).
     handler: logging.Handler = (
         RichHandler(console=err_console, show_path=False) if err_console.is_terminal else logging.StreamHandler()
@@ -79,10 +86,32 @@ for old, new, command in (("backfill", "features backfill", features.features_ba
 
 
 def main() -> None:
-    """Console-script entry point: errors a user can act on become one line and an exit code."""
+    """Console-script entry point: every failure is one line on stderr and a non-zero exit (2 for usage and
+    configuration, 1 for the rest); the traceback of an unexpected one only with ``--debug`` or
+    ``STREAMSCORE_LOG_LEVEL=DEBUG``."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except StreamscoreError as exc:
         kind = "configuration error" if exc.exit_code == 2 else "error"
-        err_console.print(f"[red]{kind}:[/] {exc}", soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _fail(f"[red]{kind}:[/] {exc}", exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("[yellow]interrupted[/]", 130)
+    except typer.TyperException as exc:  # click's own errors (typer vendors click): exit 2 marks a usage error
+        exit_code = int(getattr(exc, "exit_code", 1))
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if exit_code != 2:
+            _fail(f"[red]error:[/] {message}", exit_code)
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path.replace(ctx.find_root().info_name or "", "streamscore", 1) if ctx else "streamscore"
+        _fail(f"[red]usage error:[/] {message} (see `{where} --help`)", 2)
+    except Exception as exc:
+        if _state["debug"]:
+            raise
+        hint = "run again with --debug for the traceback"
+        _fail(f"[red]error:[/] {type(exc).__name__}: {exc} ({hint})", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err_console.print(message, soft_wrap=True, highlight=False)
+    sys.exit(code)

@@ -86,10 +86,13 @@ def features_get(
 @features_app.command("backfill")
 def features_backfill(
     ctx: typer.Context,
-    events: Annotated[Path, typer.Option(help="Parquet file of raw transactions, in arrival order.")],
+    events: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, help="Parquet file of raw transactions, in arrival order.")
+    ],
     start: Annotated[datetime, typer.Option(help="First instant to write feature rows for (UTC).")],
     end: Annotated[datetime, typer.Option(help="Last instant (UTC).")],
     materialize: Annotated[bool, typer.Option(help="Also write the values as of --end to the online store.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace existing tables even when no event falls in the range.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Compute the same features over history: offline tables for training, optionally the online store."""
@@ -97,6 +100,9 @@ def features_backfill(
 
     settings = settings_of(ctx)
     plans = load_plans(settings)
+    existing = [p for p in plans if (settings.data_dir / "offline" / f"{p.name}.parquet").exists()]
+    if existing and not force:
+        _refuse_empty_range(events, utc(start), utc(end), settings.data_dir / "offline")
     sink = None
     if materialize:
         from streamscore.store import OnlineWriter
@@ -135,3 +141,25 @@ def features_backfill(
         )
 
     emit(as_json, {**summary, "views": [v.__dict__ for v in report.views], "seconds": seconds}, human)
+
+
+def _refuse_empty_range(events: Path, start: datetime, end: datetime, offline: Path) -> None:
+    """A range that holds no event would rewrite the offline tables empty: the training data gone."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from streamscore.errors import StreamscoreError
+
+    times = pq.read_table(events, columns=["event_time"]).column("event_time")
+    inside = pc.sum(pc.and_(pc.greater_equal(times, start), pc.less_equal(times, end))).as_py() or 0
+    if inside:
+        return
+    spans = (
+        "is empty"
+        if len(times) == 0
+        else f"spans {pc.min(times).as_py():%Y-%m-%dT%H:%M:%S} … {pc.max(times).as_py():%Y-%m-%dT%H:%M:%S}"
+    )
+    raise StreamscoreError(
+        f"no event of {events} falls in {start:%Y-%m-%dT%H:%M:%S} … {end:%Y-%m-%dT%H:%M:%S} (the file {spans}):"
+        f" the tables in {offline} would be replaced by empty ones; pass --force to do that anyway"
+    )
