@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from streamscore.cli.output import JsonFlag, console, emit, progress_bar, settings_of, utc
+from streamscore.cli.output import JsonFlag, console, emit, progress_bar, settings_of, show, utc
 
 __all__ = ["features_app", "features_backfill"]
 
@@ -57,30 +57,55 @@ def features_run(ctx: typer.Context) -> None:
 @features_app.command("get")
 def features_get(
     ctx: typer.Context,
-    user: Annotated[list[str], typer.Option("--user", help="User ids to read (repeatable).")],
-    merchant: Annotated[str, typer.Option(help="Merchant id paired with each user.")] = "m0000",
+    user: Annotated[list[str] | None, typer.Option("--user", help="User id to read (repeatable).")] = None,
+    merchant: Annotated[list[str] | None, typer.Option("--merchant", help="Merchant id to read (repeatable).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Read the model's features through Feast's own get_online_features."""
+    """Read every feature of the given users and merchants through Feast's own get_online_features.
+
+    An entity with no stored feature at all is reported as unknown (Feast returns nothing for it, the same as
+    for an id that never transacted); the command fails when none of the ids asked for is known."""
+    from streamscore.errors import StreamscoreError
+    from streamscore.features import load_plans
     from streamscore.store import feature_store, quiet_feast
 
-    store = feature_store(settings_of(ctx))
+    asked = {"user_id": list(dict.fromkeys(user or [])), "merchant_id": list(dict.fromkeys(merchant or []))}
+    if not any(asked.values()):
+        raise typer.BadParameter("give at least one --user or --merchant")
+    settings = settings_of(ctx)
+    plans = load_plans(settings)
+    store = feature_store(settings)
+    found: dict[str, dict[str, dict[str, Any]]] = {}
     with quiet_feast():
-        service = store.get_feature_service("fraud_model_v1")
-        rows = store.get_online_features(
-            features=service, entity_rows=[{"user_id": u, "merchant_id": merchant} for u in user]
-        ).to_dict()
-
-    def human() -> Table:
-        table = Table("feature", *user)
-        for name, values in rows.items():
-            if name in ("user_id", "merchant_id"):
+        for key, ids in asked.items():
+            refs = sorted(f"{p.name}:{f}" for p in plans if p.entity_key == key for f in p.feature_names)
+            if not ids or not refs:
                 continue
-            shown = ("-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in values)
-            table.add_row(name, *shown)
-        return table
+            rows = store.get_online_features(
+                features=refs, entity_rows=[{key: i} for i in ids], full_feature_names=True
+            ).to_dict()
+            found[key] = {
+                i: {r.replace(":", "__"): rows[r.replace(":", "__")][n] for r in refs} for n, i in enumerate(ids)
+            }
+    unknown = [i for by_id in found.values() for i, values in by_id.items() if all(v is None for v in values.values())]
+    known = {key: {i: v for i, v in by_id.items() if i not in unknown} for key, by_id in found.items()}
 
-    emit(as_json, rows, human)
+    def human() -> str:
+        for key, by_id in known.items():
+            if by_id:
+                table = Table("feature", *by_id, title=key)
+                for name in next(iter(by_id.values())):
+                    table.add_row(name, *(_shown(values[name]) for values in by_id.values()))
+                show(table)
+        return f"unknown (no features stored): {', '.join(unknown)}" if unknown else ""
+
+    emit(as_json, {**known, "unknown": unknown}, human)
+    if not any(known.values()):
+        raise StreamscoreError(f"no features stored for {', '.join(unknown)}: unknown ids, or not yet processed")
+
+
+def _shown(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 @features_app.command("backfill")
@@ -133,7 +158,7 @@ def features_backfill(
         table = Table("view", "rows written", "entities", "offline table")
         for v in report.views:
             table.add_row(v.view, f"{v.rows:,}", f"{v.entities:,}", str(v.path))
-        console.print(table)
+        show(table)
         return (
             f"{report.events_read:,} events read, {report.accepted:,} accepted "
             f"({report.events_read - report.accepted:,} invalid, duplicate or late) in {seconds:.1f}s"

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from streamscore.cli.output import JsonFlag, console, emit, progress_bar, settings_of, utc
+from streamscore.cli.output import JsonFlag, console, emit, progress_bar, settings_of, show, utc
 
 __all__ = ["models_app", "models_train"]
 
@@ -56,7 +56,7 @@ def models_train(
             if m is not None:
                 table.add_row(name, f"{int(m['rows']):,}", f"{int(m['positives']):,}", f"{m['roc_auc']:.4f}",
                               f"{m['pr_auc']:.4f}")  # fmt: skip
-        console.print(table)
+        show(table)
         for reason in gate.reasons:
             console.print(f"  {'✓' if 'does not' not in reason and 'could not' not in reason else '✗'} {reason}")
         verdict = "[green]promoted to champion[/]" if result.promoted else "[yellow]registered as challenger only[/]"
@@ -102,7 +102,7 @@ def models_show(
             "gate": registry.read_json(version, "gate_report.json")}  # fmt: skip
 
     def human() -> str:
-        console.print(_versions_table([info]))
+        show(_versions_table([info]))
         lines = [f"features ({len(data['card']['features'])}): {', '.join(data['card']['features'])}"]
         lines += [f"  gate: {reason}" for reason in data["gate"].get("reasons", [])]
         return "\n".join(lines)

@@ -15,10 +15,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from streamscore.settings import Settings
 
-__all__ = ["JsonFlag", "console", "emit", "err_console", "print_json", "progress_bar", "settings_of", "utc"]
+__all__ = ["JsonFlag", "console", "emit", "err_console", "print_json", "progress_bar", "settings_of", "show", "utc"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -43,7 +44,17 @@ def emit(as_json: bool, data: Any, human: Callable[[], RenderableType | str]) ->
     if as_json:
         print_json(data)
     else:
-        console.print(human())
+        show(human())
+
+
+def show(renderable: RenderableType | str) -> None:
+    """Print for a person. A table's cells fold instead of ending in "…": at 80 columns or in a pipe rich
+    would otherwise cut the very ids and aliases the table is there to show (``challen…``)."""
+    if isinstance(renderable, Table):
+        for column in renderable.columns:
+            column.overflow = "fold"
+    if renderable != "":
+        console.print(renderable)
 
 
 def utc(value: datetime) -> datetime:
