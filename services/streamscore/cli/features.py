@@ -84,11 +84,12 @@ def features_get(
             rows = store.get_online_features(
                 features=refs, entity_rows=[{key: i} for i in ids], full_feature_names=True
             ).to_dict()
-            found[key] = {
-                i: {r.replace(":", "__"): rows[r.replace(":", "__")][n] for r in refs} for n, i in enumerate(ids)
-            }
-    unknown = [i for by_id in found.values() for i, values in by_id.items() if all(v is None for v in values.values())]
-    known = {key: {i: v for i, v in by_id.items() if i not in unknown} for key, by_id in found.items()}
+            names = [ref.replace(":", "__") for ref in refs]  # Feast's full feature names
+            found[key] = {i: {name: rows[name][n] for name in names} for n, i in enumerate(ids)}
+    known = {
+        key: {i: v for i, v in by_id.items() if any(x is not None for x in v.values())} for key, by_id in found.items()
+    }
+    unknown = [i for key, by_id in found.items() for i in by_id if i not in known[key]]
 
     def human() -> str:
         for key, by_id in known.items():
