@@ -10,7 +10,8 @@ EXPECTED = {
     "streamscore.kafka": {
         "Consumer", "ConsumerError", "DeadLetter", "DeadLetterPublisher", "DeliveryError", "FailedDelivery",
         "Header", "Producer", "TopicResult", "TopicSpec", "admin_config", "consumer_config", "ensure_topics",
-        "group_lag", "next_offsets", "producer_config", "read_dead_letter", "topic_specs",
+        "group_lag", "message_headers", "next_offsets", "producer_config", "read_dead_letter", "state_topic",
+        "topic_specs",
     },
     "streamscore.serde": {
         "REASONS", "SCHEMA_NAMES", "Reason", "SchemaStore", "Serde", "SerdeError", "check_compatible",

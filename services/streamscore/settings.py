@@ -153,6 +153,10 @@ class TopicSettings(_Section):
     transactions_by_merchant: str = Field(
         "transactions-by-merchant", description="Accepted transactions re-keyed by merchant (internal)"
     )
+    features_state: str = Field(
+        "features-state",
+        description="Prefix of the feature processor's compacted state topics (`<prefix>-ingest`, `-rekey`)",
+    )
     partitions: int = Field(4, ge=1, le=1024, description="Partitions of each topic we create")
     replication_factor: int = Field(1, ge=1, le=16, description="Replicas of each topic we create")
 
@@ -167,7 +171,15 @@ class FeatureSettings(_Section):
     max_future_s: float = Field(300.0, ge=0, description="Events further ahead of the wall clock are invalid")
     batch_size: int = Field(5000, ge=1, description="Most events per processing batch")
     batch_within_ms: int = Field(20, ge=1, description="Longest wait to fill a batch (adds to freshness)")
-    snapshot_interval_s: float = Field(5.0, gt=0, description="Seconds between state snapshots (recovery point)")
+    checkpoint_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between state checkpoints to Kafka (offsets are committed after each)"
+    )
+    idle_margin_s: float = Field(
+        3600.0,
+        ge=0,
+        description="Extra idle time, beyond the longest window plus lateness, before an entity's state is evicted;"
+        " also how much further back a rebuild replays",
+    )
     session_timeout_s: float = Field(
         10.0, ge=6, description="A processor silent this long loses its partitions to the others"
     )
@@ -434,6 +446,9 @@ _RENAMED = {
                      ("drift_wasserstein_threshold", "wasserstein_threshold"),
                      ("drift_missing_threshold", "missing_threshold"), ("drift_min_count", "min_count"),
                      ("drift_detector", "detector"), ("labels", "labels"))
+} | {
+    f"{ENV_PREFIX}FEATURES{ENV_NESTED_DELIMITER}SNAPSHOT_INTERVAL_S": f"{ENV_PREFIX}FEATURES{ENV_NESTED_DELIMITER}"
+    "CHECKPOINT_INTERVAL_S"
 }  # fmt: skip
 
 

@@ -1,8 +1,8 @@
 """Run the benchmarks and print Markdown for BENCHMARKS.md (machine and date included).
 
 ``python -m tests.benchmarks`` runs every module; arguments select some (``features``, ``serde``, ``models``,
-``reader``, ``inference``, ``locust``), and ``features:profile,backfill`` runs only those parts of the feature
-benchmarks.
+``reader``, ``inference``, ``locust``, ``state``), and ``features:profile,backfill`` runs only those parts of
+the feature benchmarks.
 Progress goes to stderr, the Markdown to stdout.
 """
 
@@ -47,6 +47,12 @@ def _inference(parts: list[str] | None) -> str:
     return bench_inference.run(parts)
 
 
+def _state(parts: list[str] | None) -> str:
+    from tests.benchmarks import bench_state
+
+    return bench_state.run(parts)
+
+
 def _locust(parts: list[str] | None) -> str:
     from tests.benchmarks import bench_locust
 
@@ -55,7 +61,7 @@ def _locust(parts: list[str] | None) -> str:
 
 MODULES: dict[str, Callable[[list[str] | None], str]] = {
     "serde": _serde, "features": _features, "models": _models, "reader": _reader, "inference": _inference,
-    "locust": _locust,
+    "locust": _locust, "state": _state,
 }  # fmt: skip
 
 

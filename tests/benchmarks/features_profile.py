@@ -153,7 +153,7 @@ class ProfileResult:
 _CATEGORIES: list[tuple[str, Callable[[str, str], bool]]] = [
     ("Avro decode (Serde.decode)", lambda fn, path: fn == "decode" and "/serde/" in path),
     ("validation (EventRules.invalid_reason)", lambda fn, path: fn == "invalid_reason"),
-    ("dedup (Deduplicator.seen)", lambda fn, path: fn == "seen" and "rules.py" in path),
+    ("dedup (ViewState.dedup)", lambda fn, path: fn == "dedup" and "state.py" in path),
     ("lateness gate (ViewState.gate)", lambda fn, path: fn == "gate" and "state.py" in path),
     ("window kernels (ViewState.apply)", lambda fn, path: fn == "apply" and "state.py" in path),
     ("read changed entities (_online: unique + read)", lambda fn, path: fn == "_online"),

@@ -138,24 +138,24 @@ def test_an_event_older_than_the_ring_is_reported_not_applied() -> None:
     assert state.read(rows[:1])[0, 0] == 1
 
 
-def test_snapshot_round_trip_preserves_every_value() -> None:
-    plan = _plan("count_distinct", WINDOWS["1h"], SLIDES["1m"])
-    events = _events(seed=3)
-    state = ViewState(plan)
-    state.apply(*_inputs(state, events))
-    restored = ViewState.from_bytes(plan, state.to_bytes())
-    keys = sorted(events["entity"].unique())
-    np.testing.assert_array_equal(state.read(state.entity_rows(keys)), restored.read(restored.entity_rows(keys)))
-    assert restored.values == state.values
-
-
-def test_idle_entities_are_recycled() -> None:
-    plan = _plan("sum", WINDOWS["5m"], SLIDES["1m"])
-    state = ViewState(plan)
-    rows = state.entity_rows(["old", "new"])
-    state.apply(rows, np.array([0, 3 * 3600_000]), np.array([[5.0], [7.0]]))
-    assert state.evict_idle(now_ms=3 * 3600_000) == 1  # "old" left the 2 h ring, "new" did not
-    assert "old" not in state.rows
-    reused = state.entity_rows(["again"])
-    assert reused[0] == rows[0]
-    assert state.read(reused)[0, 0] == 0.0  # a recycled row starts empty
+@pytest.mark.parametrize(("gap_tiles", "known"), [(119, True), (120, False)])
+def test_seconds_since_previous_is_bounded_by_the_ring(gap_tiles: int, known: bool) -> None:
+    """The previous event counts while its tile is inside the ring (here 2 h of one-minute tiles): a gap
+    older than that could not be known after a recovery from the last ring of events, so it is null."""
+    plan = _plan("seconds_since_previous", WINDOWS["1m"], SLIDES["1m"])
+    assert plan.n_tiles == 120
+    t0 = 1_700_000_000_000 // 60_000 * 60_000 + 59_000  # late in its tile: the gap is not a whole multiple
+    times = np.array([t0, t0 + gap_tiles * 60_000 - 30_000], np.int64)
+    events = pd.DataFrame({"entity": ["a", "a"], "time_ms": times, "amount": [1.0, 2.0]})
+    want = reference_at(plan, events, "a", int(times[1]))["f"]
+    assert np.isnan(want) != known
+    col = plan.feature_names.index("f")
+    for order in ([0, 1], [1, 0]):  # in order, and the previous event arriving last
+        stream = ViewState(plan)
+        stream.apply(*_inputs(stream, events.iloc[order]))
+        assert _close(stream.read(stream.entity_rows(["a"]))[0, col], want)
+    batch = ViewState(plan)
+    out, _ = batch.apply_and_read(*_inputs(batch, events))
+    assert _close(out[1, col], want)
+    if known:
+        assert out[1, col] == (gap_tiles * 60_000 - 30_000) / 1000.0

@@ -15,21 +15,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from confluent_kafka import KafkaException
 
-from streamscore.features import backfill, load_plans, rules_for
-from streamscore.features.plan import ViewPlan
-from streamscore.generator import ARROW_SCHEMA, GeneratorConfig, generate_frame, start_ending_by
-from streamscore.kafka import Producer, ensure_topics, read_dead_letter
-from streamscore.serde import Serde
+from streamscore.features import load_plans, rules_for
+from streamscore.generator import GeneratorConfig, generate_frame, start_ending_by
+from streamscore.kafka import ensure_topics, read_dead_letter
 from streamscore.settings import Settings
-from streamscore.store import apply_definitions, feature_store, quiet_feast
+from streamscore.store import apply_definitions
 from tests.conftest import free_port
-from tests.features.harness import ProcessorProcess, isolated_run, lag, wait_caught_up
-from tests.features.reference import reference_at
+from tests.features.harness import (
+    ProcessorProcess,
+    accepted_events,
+    check_against_backfill,
+    isolated_run,
+    produce,
+    wait_caught_up,
+    wait_lag,
+)
 from tests.kafka.helpers import drain
 
 pytestmark = pytest.mark.integration
@@ -66,61 +68,6 @@ def _arrival_stream(seed: int) -> tuple[pd.DataFrame, list[tuple[str, bytes]]]:
     return merged.reset_index(drop=True), raw
 
 
-def _accepted(frame: pd.DataFrame, rules_lag_ms: int) -> pd.DataFrame:
-    """The acceptance rules, written again independently: valid, first copy of an id, and not late against
-    the user's newest earlier event (arrival order)."""
-    now_ms = time.time() * 1000
-    f = frame.copy()
-    f["time_ms"] = (pd.to_datetime(f["event_time"], utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(
-        milliseconds=1
-    )
-    valid = f["amount"].notna() & np.isfinite(f["amount"]) & (f["amount"] >= 0) & (f["time_ms"] < now_ms + 300_000)
-    f = f[valid]
-    f = f[~f.duplicated("event_id", keep="first")]
-    previous_max = f.groupby("user_id")["time_ms"].transform(lambda s: s.cummax().shift(1))
-    late = previous_max.notna() & (f["time_ms"] < previous_max - rules_lag_ms)
-    return f[~late]
-
-
-def _produce(settings: Settings, frame: pd.DataFrame, raw: list[tuple[str, bytes]]) -> None:
-    serde = Serde("transaction")
-    producer = Producer(settings.kafka)
-    for record in frame.to_dict("records"):
-        record["event_time"] = record["event_time"].to_pydatetime()
-        record["is_fraud"] = bool(record["is_fraud"])
-        producer.send(settings.topics.transactions, serde.encode(record), key=record["user_id"])
-    for key, value in raw:
-        producer.send(settings.topics.transactions, value, key=f"u-raw-{key}")
-    producer.flush()
-
-
-def _online(settings: Settings, plans: list[ViewPlan], users: list[str], merchants: list[str]) -> dict[str, dict]:
-    store = feature_store(settings)
-    out: dict[str, dict] = {}
-    with quiet_feast():
-        for plan, ids in ((p, users if p.entity_key == "user_id" else merchants) for p in plans):
-            refs = [f"{plan.name}:{name}" for name in plan.feature_names]
-            rows = store.get_online_features(
-                features=refs, entity_rows=[{plan.entity_key: i} for i in ids], full_feature_names=True
-            ).to_dict()
-            for n, entity in enumerate(ids):
-                out[f"{plan.name}/{entity}"] = {name: rows[f"{plan.name}__{name}"][n] for name in plan.feature_names}
-    return out
-
-
-def _lag(settings: Settings, topics: list[str]) -> int:
-    try:
-        return lag(settings, topics)
-    except KafkaException:
-        return 1 << 62  # coordinator not ready yet: nothing committed as far as we know
-
-
-def _same(a: object, b: float) -> bool:
-    if a is None:
-        return bool(np.isnan(b))
-    return bool(np.isclose(float(a), b, rtol=1e-9, atol=1e-9))  # type: ignore[arg-type]
-
-
 @pytest.fixture(params=["straight", "kill-9"])
 def run(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> tuple[str, Settings, Path]:
     name = f"{request.param}-{tmp_path.name[-12:]}".replace("_", "-")
@@ -128,7 +75,7 @@ def run(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> t
     straight = request.param == "straight"
     s = isolated_run(
         settings, tmp_path, name, redis_db=1 if straight else 2,
-        snapshot_interval_s=0.5, allowed_lateness_s=LATENESS_S, batch_size=500 if straight else 40,
+        checkpoint_interval_s=0.5, allowed_lateness_s=LATENESS_S, batch_size=500 if straight else 40,
     )  # fmt: skip
     ensure_topics(s)
     apply_definitions(s)
@@ -143,19 +90,19 @@ def test_stream_and_backfill_agree_with_pandas(run: tuple[str, Settings, Path]) 
     # The kill run sends the last third only once the processor is frozen mid-stream: then the kill always
     # lands with events applied after the last snapshot and more still to come, however fast this machine is.
     held_back = len(frame) // 3 if mode == "kill-9" else 0
-    _produce(settings, frame.iloc[: len(frame) - held_back], raw)
+    produce(settings, frame.iloc[: len(frame) - held_back], raw)
 
     log = tmp / "processor.log"
     if mode == "kill-9":
         first = ProcessorProcess(settings, log).start()
         topics = [settings.topics.transactions]
         deadline = time.monotonic() + 120
-        while _lag(settings, topics) > len(frame) // 3 and time.monotonic() < deadline:
+        while wait_lag(settings, topics) > len(frame) // 3 and time.monotonic() < deadline:
             assert first.alive(), first.tail()
             time.sleep(0.05)
         first.freeze()
-        _produce(settings, frame.iloc[len(frame) - held_back :], [])
-        assert _lag(settings, topics) >= held_back, "frozen processor moved on"
+        produce(settings, frame.iloc[len(frame) - held_back :], [])
+        assert wait_lag(settings, topics) >= held_back, "frozen processor moved on"
         first.kill()
     if mode == "straight":
         # Scale-out: two processes split the partitions; merchants still come out right via the re-keyed topic.
@@ -182,31 +129,8 @@ def test_stream_and_backfill_agree_with_pandas(run: tuple[str, Settings, Path]) 
             assert name in metrics, name
 
     # Backfill the same history (arrival order, with its duplicates and invalid rows).
-    history = tmp / "history.parquet"
-    nullable = pa.schema([f.with_nullable(True) for f in ARROW_SCHEMA])  # the NaN amounts become nulls
-    pq.write_table(pa.Table.from_pandas(frame, schema=nullable, preserve_index=False), history)
-    t0 = frame["event_time"].min().to_pydatetime() - timedelta(minutes=1)
-    t1 = datetime.now(tz=UTC) + timedelta(minutes=1)
-    report = backfill(history, plans, tmp / "offline", start=t0, end=t1, rules=rules)
-
-    accepted = _accepted(frame, rules.allowed_lag_ms)
-    assert report.accepted == len(accepted)
-    users, merchants = sorted(accepted["user_id"].unique()), sorted(accepted["merchant_id"].unique())
-    online = _online(settings, plans, users, merchants)
-    checked = 0
-    for plan in plans:
-        offline = pq.read_table(tmp / "offline" / f"{plan.name}.parquet").to_pandas()
-        offline["time_ms"] = (offline["event_timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
-        last = offline.sort_values("time_ms", kind="stable").groupby(plan.entity_key).tail(1).set_index(plan.entity_key)
-        for entity in users if plan.entity_key == "user_id" else merchants:
-            row = last.loc[entity]
-            want = reference_at(plan, accepted, entity, int(row["time_ms"]))
-            for name in plan.feature_names:
-                assert _same(row[name], want[name]), (mode, plan.name, entity, name, row[name], want[name])
-                got = online[f"{plan.name}/{entity}"][name]
-                assert _same(got, want[name]), (mode, plan.name, entity, name, got, want[name])
-                checked += 1
-    assert checked > 150 * 14
+    assert check_against_backfill(settings, plans, rules, frame, tmp) > 150 * 14
+    accepted = accepted_events(frame, rules.allowed_lag_ms)
 
     # Bad input went to the dead-letter topic with its reason; nothing else did.
     letters = drain(settings, settings.topics.dead_letters, group=f"dlq-{mode}-{tmp.name}")

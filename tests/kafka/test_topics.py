@@ -11,7 +11,15 @@ pytestmark = pytest.mark.integration
 
 
 def _settings_with_topics(settings: Settings, unique: str) -> Settings:
-    fields = ("transactions", "score_requests", "predictions", "drift", "dead_letters", "transactions_by_merchant")
+    fields = (
+        "transactions",
+        "score_requests",
+        "predictions",
+        "drift",
+        "dead_letters",
+        "transactions_by_merchant",
+        "features_state",
+    )
     names = {f: f"{f}-{unique}" for f in fields}
     return settings.model_copy(update={"topics": settings.topics.model_copy(update=names)})
 
@@ -37,7 +45,7 @@ def test_reports_a_topic_with_too_few_partitions(settings: Settings, unique: str
     assert results[s.topics.transactions].status == "created"
 
 
-def test_every_declared_topic_has_a_retention() -> None:
+def test_every_declared_topic_has_a_retention_or_is_compacted() -> None:
     specs = topic_specs(Settings())
     assert [s.name for s in specs] == [
         "transactions",
@@ -46,5 +54,13 @@ def test_every_declared_topic_has_a_retention() -> None:
         "drift",
         "dead-letters",
         "transactions-by-merchant",
+        "features-state-ingest",
+        "features-state-rekey",
     ]
-    assert all(int(s.config["retention.ms"]) > 0 for s in specs)
+    deleting = [s for s in specs if s.config["cleanup.policy"] == "delete"]
+    assert all(int(s.config["retention.ms"]) > 0 for s in deleting)
+    # The feature processor's state keeps the newest row per entity, whatever its age.
+    assert {s.name for s in specs if s.config["cleanup.policy"] == "compact"} == {
+        "features-state-ingest",
+        "features-state-rekey",
+    }

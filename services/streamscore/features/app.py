@@ -5,10 +5,12 @@ batch happens in :mod:`streamscore.features.stages` with numpy/numba, and its ou
 confluent-kafka producer (dead letters, re-keyed events) and :class:`~streamscore.store.OnlineWriter` (one
 pipelined Redis round trip per view and batch).
 
-Delivery is at-least-once, tied to snapshots: events are acknowledged to faust (which commits them) only
-after a snapshot covering them is on disk, and that only after their outputs were acknowledged by the
-broker and Redis. A crash replays from the last snapshot; online writes are idempotent, so the replay
-rewrites the same values.
+Delivery is at-least-once, tied to checkpoints: events are acknowledged to faust (which commits them) only
+after a checkpoint covering them is acknowledged by Kafka (``changelog.py``), and that only after their
+outputs were acknowledged by the broker and Redis. The local disk holds nothing: a partition taken over, on
+this host or another, is recovered from Kafka and checked against the committed offset (``recovery.py``).
+A crash replays from the last checkpoint; online writes are idempotent, so the replay rewrites the same
+values.
 """
 
 from __future__ import annotations
@@ -23,16 +25,16 @@ from typing import Any
 
 import faust
 import numpy as np
-from confluent_kafka.admin import AdminClient
 from faust.types import TP
 from mode.supervisors import CrashingSupervisor
 from prometheus_client import Counter, Gauge, Histogram
 
+from streamscore.features.changelog import StateLog
 from streamscore.features.plan import ViewPlan
+from streamscore.features.recovery import Recovery
 from streamscore.features.rules import EventRules
-from streamscore.features.snapshots import SnapshotStore
-from streamscore.features.stages import IngestStage, InRecord, PartitionState, RekeyStage, StageOutput
-from streamscore.kafka import DeadLetterPublisher, Producer, admin_config
+from streamscore.features.stages import BEYOND_STATE, IngestStage, InRecord, PartitionState, RekeyStage, StageOutput
+from streamscore.kafka import DeadLetterPublisher, Producer, state_topic
 from streamscore.serde import Serde
 from streamscore.settings import Settings
 from streamscore.store import OnlineWriter
@@ -58,7 +60,19 @@ FRESHNESS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 LAG = Gauge("streamscore_features_consumer_lag", "Messages behind the partition end", ["topic", "partition"])
-SNAPSHOT_SECONDS = Histogram("streamscore_features_snapshot_seconds", "Time to write one round of snapshots")
+CHECKPOINT_SECONDS = Histogram(
+    "streamscore_features_checkpoint_seconds", "Time to write and acknowledge one round of checkpoints"
+)
+CHECKPOINT_BYTES = Counter("streamscore_features_checkpoint_bytes", "State bytes written to Kafka", ["stage"])
+CHECKPOINT_ROWS = Counter("streamscore_features_checkpoint_rows", "Changed entity rows written to Kafka", ["stage"])
+ENTITIES = Gauge("streamscore_features_entities", "Entities held in window state", ["view"])
+STATE_BYTES = Gauge("streamscore_features_state_bytes", "Bytes of window state arrays", ["view"])
+EVICTED = Counter("streamscore_features_evicted_entities", "Idle entities evicted from window state", ["view"])
+BEYOND = Counter(
+    "streamscore_features_beyond_state_events",
+    "Events dead-lettered because they reach further back than the recovered or evicted state",
+    ["stage"],
+)
 
 
 @dataclass
@@ -86,19 +100,36 @@ class FeatureProcessor:
         self.producer = Producer(settings.kafka, client_suffix="features")
         self.dead_letters = DeadLetterPublisher(self.producer, topics.dead_letters, stage="features")
         self.writer = OnlineWriter(settings)
-        self.snapshots = SnapshotStore(settings.data_dir / "features" / "snapshots", cluster_id=_cluster_id(settings))
+        self.idle_ms = rules.allowed_lag_ms + round(settings.features.idle_margin_s * 1000)
+        self.recovery: dict[str, Recovery] = {}
+        for stage, topic, short in (
+            (self.ingest, topics.transactions, "ingest"),
+            (self.rekey, topics.transactions_by_merchant, "rekey"),
+        ):
+            state_log = StateLog(
+                settings.kafka, self.producer, state_topic(settings, short), group_id=settings.features.group_id
+            )
+            self.recovery[stage.name] = Recovery(settings, stage, topic, state_log, allowed_lag_ms=rules.allowed_lag_ms)
         self.states: dict[tuple[str, int], PartitionState] = {}
+        self.stale: dict[tuple[str, int], dict[str, set[str]]] = {}
         self.pending: dict[str, _Pending] = {}
         self.lock = asyncio.Lock()
-        self.poisoned = False  # a batch failed midway: the worker stops, and no snapshot may follow
+        self.poisoned = False  # a batch failed midway: the worker stops, and no checkpoint may follow
 
     def _state(self, stage: IngestStage | RekeyStage, partition: int) -> PartitionState:
         key = (stage.name, partition)
         state = self.states.get(key)
         if state is None:
-            state = self.snapshots.load(stage.name, partition, list(self.plans.values())) or stage.new_state()
-            log.info("%s[%d]: state from %s", stage.name, partition, "snapshot" if state.next_offset else "scratch")
-            self.states[key] = state
+            recovery = self.recovery[stage.name]
+            recovered = recovery.recover(partition)
+            state = self.states[key] = recovered.state
+            self.stale[key] = recovered.stale
+            if recovered.rewrite:  # a rebuilt state's exact entities, so new features reach the store now
+                for view, rows in recovered.rewrite.items():
+                    self._write_online({view: [rows]})
+            if recovered.backlog is not None:  # records the group's offset would skip: processed here
+                for batch in recovery.read(partition, *recovered.backlog):
+                    self._process(stage, {partition: batch}, len(batch))
         return state
 
     def handle(self, stage: IngestStage | RekeyStage, events: Sequence[Any]) -> StageOutput:
@@ -108,6 +139,21 @@ class FeatureProcessor:
             m = event.message
             headers = [(k, v if isinstance(v, bytes) else (v or b"")) for k, v in (m.headers or [])]
             by_partition[m.partition].append(InRecord(m.topic, m.partition, m.offset, m.key, m.value, headers))
+        return self._process(stage, by_partition, len(events))
+
+    def _write_online(self, online: dict[str, list[Any]]) -> None:
+        for view, parts in online.items():
+            ids = [i for p in parts for i in p.ids]
+            if not ids:
+                continue
+            values = np.concatenate([p.values for p in parts])
+            event_ms = np.concatenate([p.event_ms for p in parts])
+            names = self.plans[view].feature_names
+            self.writer.write(view, ids, {n: values[:, j] for j, n in enumerate(names)}, event_ms)
+
+    def _process(
+        self, stage: IngestStage | RekeyStage, by_partition: dict[int, list[InRecord]], n_events: int
+    ) -> StageOutput:
         merged = StageOutput()
         online: dict[str, list[Any]] = defaultdict(list)
         for partition, records in by_partition.items():
@@ -124,21 +170,16 @@ class FeatureProcessor:
             )
             if reason == "late":
                 LATE.inc()
+            elif reason == BEYOND_STATE:
+                BEYOND.labels(stage.name).inc()
         for topic, key, value, headers, partition in merged.forwards:
             self.producer.send(topic, value, key=key, headers=headers, partition=partition)
-        for view, parts in online.items():
-            ids = [i for p in parts for i in p.ids]
-            if not ids:
-                continue
-            values = np.concatenate([p.values for p in parts])
-            event_ms = np.concatenate([p.event_ms for p in parts])
-            names = self.plans[view].feature_names
-            self.writer.write(view, ids, {n: values[:, j] for j, n in enumerate(names)}, event_ms)
+        self._write_online(online)
         self.producer.flush()
-        EVENTS_IN.labels(stage.name).inc(len(events))
+        EVENTS_IN.labels(stage.name).inc(n_events)
         EVENTS_APPLIED.labels(stage.name).inc(merged.applied)
         BATCHES.labels(stage.name).inc()
-        BATCH_SIZE.labels(stage.name).observe(len(events))
+        BATCH_SIZE.labels(stage.name).observe(n_events)
         # Freshness: event time to "written and acknowledged", on a sample (observing 5k values costs ms).
         observe = FRESHNESS.labels(stage.name).observe
         now_ms = time.time() * 1000
@@ -146,12 +187,36 @@ class FeatureProcessor:
             observe(max(0.0, (now_ms - ms) / 1000))
         return merged
 
-    def snapshot(self, partitions: set[tuple[str, int]] | None = None) -> None:
+    def checkpoint(self, partitions: set[tuple[str, int]] | None = None) -> None:
+        """One round: evict idle entities, write changed rows and checkpoints, wait for Kafka's acks."""
         started = time.perf_counter()
-        for (stage, partition), state in list(self.states.items()):
-            if partitions is None or (stage, partition) in partitions:
-                self.snapshots.save(stage, partition, state)
-        SNAPSHOT_SECONDS.observe(time.perf_counter() - started)
+        stages: dict[str, IngestStage | RekeyStage] = {self.ingest.name: self.ingest, self.rekey.name: self.rekey}
+        for key, state in list(self.states.items()):
+            if partitions is not None and key not in partitions:
+                continue
+            name, partition = key
+            evicted = state.evict_idle(stages[name].horizon_ms, self.idle_ms)
+            for view_name, ids in evicted.items():
+                EVICTED.labels(view_name).inc(len(ids))
+            tombstones = {view_name: list(ids) for view_name, ids in evicted.items()}
+            for view_name, stale in self.stale.pop(key, {}).items():  # rows of an abandoned state, not rewritten
+                live = state.views[view_name].rows if view_name in state.views else {}
+                tombstones.setdefault(view_name, []).extend(i for i in stale if i not in live)
+            recovery = self.recovery[name]
+            rows, size = recovery.state_log.write(
+                partition, state, topic_id=recovery.topic_id, fingerprint=recovery.fingerprint, tombstones=tombstones
+            )
+            CHECKPOINT_ROWS.labels(name).inc(rows)
+            CHECKPOINT_BYTES.labels(name).inc(size)
+        self.producer.flush()
+        CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+        views: dict[str, list[Any]] = defaultdict(list)
+        for state in self.states.values():
+            for view_name, view in state.views.items():
+                views[view_name].append(view)
+        for view_name, held in views.items():
+            ENTITIES.labels(view_name).set(sum(len(v) for v in held))
+            STATE_BYTES.labels(view_name).set(sum(v.nbytes for v in held))
 
     async def ack_all(self) -> None:
         for pending in self.pending.values():
@@ -162,12 +227,7 @@ class FeatureProcessor:
     def drop(self, partitions: set[tuple[str, int]]) -> None:
         for key in partitions:
             self.states.pop(key, None)
-
-
-def _cluster_id(settings: Settings) -> str:
-    """Snapshots hold offsets, which mean nothing on another cluster (or the same one, recreated)."""
-    admin = AdminClient(admin_config(settings.kafka))
-    return str(admin.list_topics(timeout=30).cluster_id)
+            self.stale.pop(key, None)
 
 
 def _faust_broker(settings: Settings) -> dict[str, Any]:
@@ -178,20 +238,20 @@ def _faust_broker(settings: Settings) -> dict[str, Any]:
 
 
 class _FeatureApp(faust.App):
-    """A clean stop ends with a snapshot, so a restart resumes exactly there.
+    """A clean stop ends with a checkpoint, so a restart resumes exactly there.
 
     faust's stop waits until every message a stream has taken is acknowledged (``stream_wait_empty``), but
-    ours are acknowledged only once a snapshot holds them, and the snapshot timer stops first: the wait never
-    ended. So the stop takes the last snapshot and acknowledges what it holds itself, then lets faust commit
-    the acknowledged offsets without waiting for events still in stream buffers: those were not applied,
-    and a restart reads them again.
+    ours are acknowledged only once a checkpoint holds them, and the checkpoint timer stops first: the wait
+    never ended. So the stop takes the last checkpoint and acknowledges what it holds itself, then lets faust
+    commit the acknowledged offsets without waiting for events still in stream buffers: those were not
+    applied, and a restart reads them again.
     """
 
-    final_snapshot: Callable[[], Awaitable[None]] | None = None
+    final_checkpoint: Callable[[], Awaitable[None]] | None = None
 
     async def on_stop(self) -> None:
-        if self.final_snapshot is not None:
-            await self.final_snapshot()
+        if self.final_checkpoint is not None:
+            await self.final_checkpoint()
         self.conf.stream_wait_empty = False
         await super().on_stop()
 
@@ -234,7 +294,7 @@ def build_app(settings: Settings, plans: Sequence[ViewPlan], rules: EventRules) 
                     try:
                         await asyncio.get_running_loop().run_in_executor(None, processor.handle, stage, events)
                     except BaseException:
-                        # The state may hold part of the batch: no snapshot may record it as applied.
+                        # The state may hold part of the batch: no checkpoint may record it as applied.
                         processor.poisoned = True
                         raise
                     pending.events.extend(events)
@@ -250,18 +310,18 @@ def build_app(settings: Settings, plans: Sequence[ViewPlan], rules: EventRules) 
         processor.rekey.name: settings.topics.transactions_by_merchant,
     }
 
-    async def snapshot_and_ack() -> None:
+    async def checkpoint_and_ack() -> None:
         async with processor.lock:
             if processor.poisoned:
                 return
-            await asyncio.get_running_loop().run_in_executor(None, processor.snapshot)
+            await asyncio.get_running_loop().run_in_executor(None, processor.checkpoint)
             await processor.ack_all()
 
-    app.final_snapshot = snapshot_and_ack
+    app.final_checkpoint = checkpoint_and_ack
 
-    @app.timer(f.snapshot_interval_s)  # type: ignore[untyped-decorator]
-    async def snapshot_then_ack() -> None:
-        await snapshot_and_ack()
+    @app.timer(f.checkpoint_interval_s)  # type: ignore[untyped-decorator]
+    async def checkpoint_then_ack() -> None:
+        await checkpoint_and_ack()
         for (stage, partition), state in list(processor.states.items()):
             high = app.consumer.highwater(TP(topic_of[stage], partition))
             if high is not None:
@@ -276,7 +336,8 @@ def build_app(settings: Settings, plans: Sequence[ViewPlan], rules: EventRules) 
         keys = {(stage_of[tp.topic], tp.partition) for tp in revoked if tp.topic in stage_of}
         async with processor.lock:
             if not processor.poisoned:
-                processor.snapshot(keys)
+                # Every partition, not only the revoked ones: ack_all commits the offsets of all of them.
+                await asyncio.get_running_loop().run_in_executor(None, processor.checkpoint)
                 await processor.ack_all()
             processor.drop(keys)
 

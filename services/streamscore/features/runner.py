@@ -18,14 +18,15 @@ log = logging.getLogger(__name__)
 
 
 def run_processor(settings: Settings) -> None:
-    """Blocks until SIGINT/SIGTERM; the stop takes a last snapshot and commits what it holds (app.py)."""
+    """Blocks until SIGINT/SIGTERM; the stop takes a last checkpoint and commits what it holds (app.py)."""
     ensure_topics(settings)
     plans = load_plans(settings)
     app, processor = build_app(settings, plans, rules_for(settings, plans))
     serve_metrics(settings, "features")
     log.info(
-        "feature processor: views %s, group %s, snapshots in %s",
-        ", ".join(p.name for p in plans), settings.features.group_id, processor.snapshots.directory,
+        "feature processor: views %s, group %s, state in %s",
+        ", ".join(p.name for p in plans), settings.features.group_id,
+        ", ".join(r.state_log.topic for r in processor.recovery.values()),
     )  # fmt: skip
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), redirect_stdouts=False, override_logging=False)
     try:

@@ -26,12 +26,24 @@ import pyarrow as pa
 from streamscore.features import kernels
 from streamscore.features.forward import FORMAT_HEADER, decode_batch, encode_batch, target_partitions
 from streamscore.features.plan import ViewPlan
-from streamscore.features.rules import Deduplicator, EventRules
+from streamscore.features.rules import EventRules
 from streamscore.features.state import ViewState
 from streamscore.kafka import Header
 from streamscore.serde import Serde, SerdeError
 
-__all__ = ["InRecord", "IngestStage", "OnlineRows", "PartitionState", "RekeyStage", "StageOutput"]
+__all__ = [
+    "BEYOND_STATE",
+    "InRecord",
+    "IngestStage",
+    "OnlineRows",
+    "PartitionState",
+    "RekeyStage",
+    "StageOutput",
+    "online_rows",
+]
+
+NO_TIME = int(kernels.NO_TIME)
+BEYOND_STATE = "beyond-state-horizon"
 
 SOURCE_HEADER = "streamscore.src.partition"
 SOURCE_OFFSET = "_source_offset"
@@ -68,15 +80,58 @@ class StageOutput:
 
 @dataclass
 class PartitionState:
-    """Everything a partition's processing depends on; a snapshot of it is a recovery point."""
+    """Everything a partition's processing depends on; a checkpoint of it is a recovery point.
+
+    The floors say where a recovered state stops being exact. After a rebuild from a replay of the recent
+    past, events older than ``floor_all_ms`` would need windows the replay did not reach; after evicting
+    idle entities, an entity that is not in the state could be one of them, so its events older than
+    ``floor_new_ms`` would need the evicted tiles. Such events are dead-lettered (``beyond-state-horizon``)
+    rather than counted into a wrong window.
+    """
 
     views: dict[str, ViewState]
     next_offset: int = 0
-    dedup: Deduplicator | None = None
     source_high: dict[int, int] = field(default_factory=dict)  # rekey: source partition -> offset applied
+    watermark_ms: int = NO_TIME  # newest event time applied in this partition
+    floor_all_ms: int = NO_TIME
+    floor_new_ms: int = NO_TIME
+    epoch: str = ""  # the incarnation of this state: a rebuild starts a new one (changelog.py)
+
+    def advance_watermark(self, times: np.ndarray) -> None:
+        if len(times):
+            self.watermark_ms = max(self.watermark_ms, int(times.max()))
+
+    def evict_idle(self, horizon_ms: int, idle_ms: int) -> dict[str, list[str]]:
+        """Drop entities whose newest event is more than ``horizon_ms + idle_ms`` behind the partition's
+        watermark (and unchanged since the last checkpoint), and raise ``floor_new_ms`` past their tiles.
+
+        Every view of a stage sees the same events per entity, so they evict the same entities."""
+        if self.watermark_ms == NO_TIME:
+            return {}
+        cutoff = self.watermark_ms - horizon_ms - idle_ms
+        evicted = {name: view.evict(cutoff) for name, view in self.views.items()}
+        if any(evicted.values()):
+            self.floor_new_ms = max(
+                self.floor_new_ms,
+                *((cutoff // v.plan.slide_ms + v.plan.n_tiles) * v.plan.slide_ms for v in self.views.values()),
+            )
+        return evicted
 
 
-def _online(state: ViewState, rows: np.ndarray) -> OnlineRows:
+def _beyond_floors(
+    state: PartitionState, view: ViewState, keys: Sequence[str], times: np.ndarray, idx: np.ndarray
+) -> np.ndarray:
+    """Mask over ``idx``: events the recovered state cannot count exactly (see :class:`PartitionState`).
+    Must run before the entities are added to ``view``."""
+    beyond = times[idx] < state.floor_all_ms
+    if len(idx) and int(times[idx].min()) < state.floor_new_ms:
+        unknown = np.fromiter((keys[i] not in view.rows for i in idx.tolist()), np.bool_, len(idx))
+        beyond |= unknown & (times[idx] < state.floor_new_ms)
+    return np.asarray(beyond, np.bool_)
+
+
+def online_rows(state: ViewState, rows: np.ndarray) -> OnlineRows:
+    """The current feature values of ``rows`` (each once), as the online store takes them."""
     changed = np.unique(rows)
     return OnlineRows([state.ids[r] or "" for r in changed.tolist()], state.read(changed), state.max_t[changed])
 
@@ -108,7 +163,22 @@ class IngestStage:
         }
 
     def new_state(self) -> PartitionState:
-        return PartitionState({p.name: ViewState(p) for p in self.plans}, dedup=Deduplicator(self.rules.allowed_lag_ms))
+        return PartitionState({p.name: ViewState(p) for p in self.plans})
+
+    @property
+    def horizon_ms(self) -> int:
+        """How far back in event time this stage's state reaches (its longest ring)."""
+        return max(p.horizon_ms for p in self.plans)
+
+    def event_times(self, rec: InRecord) -> list[int]:
+        """Event times a message carries (empty if it is not a valid transaction); recovery estimates a
+        partition's watermark from them."""
+        try:
+            record = self.serde.decode(rec.value or b"")
+        except SerdeError:
+            return []
+        value = record.get("event_time")
+        return [_epoch_ms(value)] if isinstance(value, datetime) else []
 
     def process(self, state: PartitionState, records: Sequence[InRecord], now_ms: int | None = None) -> StageOutput:
         out = StageOutput()
@@ -117,7 +187,7 @@ class IngestStage:
         decoded: list[dict[str, object]] = []
         for rec in records:
             if rec.offset < state.next_offset:
-                continue  # already inside the snapshot this state was restored from
+                continue  # already inside the checkpoint this state was restored from
             try:
                 record = self.serde.decode(rec.value or b"")
             except SerdeError as exc:
@@ -137,16 +207,22 @@ class IngestStage:
         lead = state.views[self.plans[0].name]
         keys = [str(r[self.partition_key]) for r in decoded]
         times = np.fromiter((_epoch_ms(r["event_time"]) for r in decoded), np.int64, len(decoded))
+        offsets = np.fromiter((r.offset for r in kept), np.int64, len(kept))
+        idx = np.arange(len(kept))
+        beyond = _beyond_floors(state, lead, keys, times, idx)
         rows = lead.entity_rows(keys)
+        # A restored row can hold events after its checkpoint's offset (rows are written before the
+        # checkpoint record): those events are in it already, outputs included.
+        idx = idx[(offsets > lead.applied[rows]) & ~beyond[idx]]
+        for i in np.nonzero(beyond)[0].tolist():
+            if offsets[i] > lead.applied[rows[i]]:
+                out.dead.append((kept[i], BEYOND_STATE, None))
 
-        dedup = state.dedup
-        assert dedup is not None
-        fresh = np.ones(len(kept), np.bool_)
-        for i, r in enumerate(decoded):
-            if dedup.seen(keys[i], str(r["event_id"]), int(times[i]), int(lead.seen_max[rows[i]])):
-                fresh[i] = False
-                out.dead.append((kept[i], "duplicate", None))
-        idx = np.nonzero(fresh)[0]
+        ids = ViewState.value_ids([str(decoded[i]["event_id"]) for i in idx.tolist()])
+        repeat = lead.dedup(rows[idx], ids, times[idx], self.rules.allowed_lag_ms)
+        for i in idx[repeat].tolist():
+            out.dead.append((kept[i], "duplicate", None))
+        idx = idx[~repeat]
         late = lead.gate(rows[idx], times[idx], self.rules.allowed_lag_ms)
         for i in idx[late].tolist():
             out.dead.append((kept[i], "late", None))
@@ -154,20 +230,28 @@ class IngestStage:
         if not len(idx):
             return out
 
+        applied = idx
         for plan in self.plans:
             view = state.views[plan.name]
-            vrows = rows[idx] if view is lead else view.entity_rows([keys[i] for i in idx])
-            values = _numeric(decoded, idx, plan)
+            vidx, vrows = idx, rows[idx]
+            if view is not lead:
+                vrows = view.entity_rows([keys[i] for i in idx.tolist()])
+                fresh = offsets[idx] > view.applied[vrows]
+                vidx, vrows = idx[fresh], vrows[fresh]
+            values = _numeric(decoded, vidx, plan)
             distinct = (
-                view.value_ids([str(decoded[i][plan.distinct_column]) for i in idx]) if plan.distinct_column else None
+                view.value_ids([str(decoded[i][plan.distinct_column]) for i in vidx.tolist()])
+                if plan.distinct_column
+                else None
             )
-            status = view.apply(vrows, times[idx], values, distinct)
+            status = view.apply(vrows, times[vidx], values, distinct, offsets[vidx])
             if view is lead:
                 # Older than the entity's whole ring: it can count in no window, so it is late too.
-                for i in idx[status == kernels.DROPPED_OLD].tolist():
+                for i in vidx[status == kernels.DROPPED_OLD].tolist():
                     out.dead.append((kept[i], "late", None))
-                applied = idx[status == kernels.APPLIED]
-            out.online[plan.name] = _online(view, vrows[status == kernels.APPLIED])
+                applied = vidx[status == kernels.APPLIED]
+            out.online[plan.name] = online_rows(view, vrows[status == kernels.APPLIED])
+        state.advance_watermark(times[applied])
         out.applied = len(applied)
         out.event_ms = times[applied].tolist()
         if len(applied):
@@ -204,9 +288,22 @@ class RekeyStage:
     def new_state(self) -> PartitionState:
         return PartitionState({p.name: ViewState(p) for p in self.plans})
 
+    @property
+    def horizon_ms(self) -> int:
+        return max(p.horizon_ms for p in self.plans)
+
+    def event_times(self, rec: InRecord) -> list[int]:
+        try:
+            return [int(t) for t in decode_batch(rec.value or b"").column(TIME).to_pylist()]
+        except (KeyError, ValueError, pa.ArrowException):
+            return []
+
     def process(self, state: PartitionState, records: Sequence[InRecord], now_ms: int | None = None) -> StageOutput:
         out = StageOutput()
+        if not self.plans:
+            return out
         parts: list[pa.Table] = []
+        part_offsets: list[np.ndarray] = []
         for rec in records:
             if rec.offset < state.next_offset:
                 continue
@@ -221,26 +318,59 @@ class RekeyStage:
             offsets = table.column(SOURCE_OFFSET).to_numpy()
             if offsets.size and offsets.max() > high:
                 parts.append(table.filter(pa.array(offsets > high)))
+                part_offsets.append(np.full(parts[-1].num_rows, rec.offset, np.int64))
                 state.source_high[source] = int(offsets.max())
         if records:
             state.next_offset = max(state.next_offset, records[-1].offset + 1)
         if not parts:
             return out
         table = pa.concat_tables(parts)
+        offsets = np.concatenate(part_offsets)
         times = table.column(TIME).to_numpy().astype(np.int64)
-        ids = table.column(self.entity_key).to_pylist()
+        ids = [str(i) for i in table.column(self.entity_key).to_pylist()]
+        everything = np.arange(len(ids))
+        # The merchant views share one entity set; the first decides what lies beyond the recovered state.
+        first = state.views[self.plans[0].name]
+        beyond = _beyond_floors(state, first, ids, times, everything)
         for plan in self.plans:
             view = state.views[plan.name]
             rows = view.entity_rows(ids)
-            values = np.empty((len(ids), len(plan.numeric_columns)), np.float64)
+            keep = (offsets > view.applied[rows]) & ~beyond
+            if view is first:
+                out.dead.extend(
+                    _dead_events(records, table, offsets, everything[beyond & (offsets > view.applied[rows])])
+                )
+            rows, idx = rows[keep], everything[keep]
+            values = np.empty((len(idx), len(plan.numeric_columns)), np.float64)
             for c, column in enumerate(plan.numeric_columns):
-                values[:, c] = table.column(column).to_numpy()
-            distinct = view.value_ids(table.column(plan.distinct_column).to_pylist()) if plan.distinct_column else None
-            status = view.apply(rows, times, values, distinct)
-            out.online[plan.name] = _online(view, rows[status == kernels.APPLIED])
-        out.applied = len(ids)
-        out.event_ms = times.tolist()
+                values[:, c] = table.column(column).to_numpy()[idx]
+            distinct = (
+                view.value_ids([str(v) for v in table.column(plan.distinct_column).take(pa.array(idx)).to_pylist()])
+                if plan.distinct_column
+                else None
+            )
+            status = view.apply(rows, times[idx], values, distinct, offsets[idx])
+            out.online[plan.name] = online_rows(view, rows[status == kernels.APPLIED])
+            if view is first:
+                applied = idx[status == kernels.APPLIED]
+        out.applied = len(applied)
+        out.event_ms = times[applied].tolist()
+        state.advance_watermark(times[applied])
         return out
+
+
+def _dead_events(
+    records: Sequence[InRecord], table: pa.Table, offsets: np.ndarray, dead: np.ndarray
+) -> list[tuple[InRecord, str, BaseException | None]]:
+    """One dead letter per forwarded message, holding only its events that were not counted."""
+    by_offset = {r.offset: r for r in records}
+    out: list[tuple[InRecord, str, BaseException | None]] = []
+    for offset in np.unique(offsets[dead]).tolist():
+        rec = by_offset[offset]
+        mine = pa.array(dead[offsets[dead] == offset])
+        part = {name: table.column(name).take(mine).combine_chunks() for name in table.column_names}
+        out.append((rec._replace(value=encode_batch(part)), BEYOND_STATE, None))
+    return out
 
 
 def _columns_for(plans: Sequence[ViewPlan]) -> list[str]:

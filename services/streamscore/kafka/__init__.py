@@ -6,10 +6,10 @@ Public names: :class:`Producer` (idempotent, delivery reports surfaced), :class:
 
 from streamscore.kafka.config import admin_config, consumer_config, producer_config
 from streamscore.kafka.consumer import Consumer, ConsumerError, next_offsets
-from streamscore.kafka.deadletter import DeadLetter, DeadLetterPublisher, read_dead_letter
+from streamscore.kafka.deadletter import DeadLetter, DeadLetterPublisher, message_headers, read_dead_letter
 from streamscore.kafka.lag import group_lag
 from streamscore.kafka.producer import DeliveryError, FailedDelivery, Header, Producer
-from streamscore.kafka.topics import TopicResult, TopicSpec, ensure_topics, topic_specs
+from streamscore.kafka.topics import TopicResult, TopicSpec, ensure_topics, state_topic, topic_specs
 
 __all__ = [
     "Consumer",
@@ -26,8 +26,10 @@ __all__ = [
     "consumer_config",
     "ensure_topics",
     "group_lag",
+    "message_headers",
     "next_offsets",
     "producer_config",
     "read_dead_letter",
+    "state_topic",
     "topic_specs",
 ]

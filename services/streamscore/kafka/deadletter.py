@@ -16,7 +16,7 @@ from prometheus_client import Counter
 
 from streamscore.kafka.producer import Header, Producer
 
-__all__ = ["HEADER_PREFIX", "DeadLetter", "DeadLetterPublisher", "read_dead_letter"]
+__all__ = ["HEADER_PREFIX", "DeadLetter", "DeadLetterPublisher", "message_headers", "read_dead_letter"]
 
 HEADER_PREFIX = "streamscore.error."
 _MAX_EXCEPTION_CHARS = 1000
@@ -28,7 +28,7 @@ DEAD_LETTERS = Counter(
 )
 
 
-def _headers(msg: confluent_kafka.Message) -> list[Header]:
+def message_headers(msg: confluent_kafka.Message) -> list[Header]:
     """A consumed message's headers as (name, bytes) pairs, in order (consumers always give a list)."""
     raw = msg.headers() or []
     pairs = raw.items() if isinstance(raw, dict) else raw
@@ -56,7 +56,7 @@ class DeadLetterPublisher:
 
     def publish(self, msg: confluent_kafka.Message, reason: str, exc: BaseException | None = None) -> None:
         self.publish_raw(
-            msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(), _headers(msg),
+            msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(), message_headers(msg),
             reason, exc,
         )  # fmt: skip
 
@@ -119,7 +119,7 @@ def read_dead_letter(msg: confluent_kafka.Message) -> DeadLetter:
     """Parse a message from the dead-letter topic; raises ValueError if it lacks the error headers."""
     context: dict[str, str] = {}
     original: list[Header] = []
-    for name, raw in _headers(msg):
+    for name, raw in message_headers(msg):
         if name.startswith(HEADER_PREFIX):
             context[name.removeprefix(HEADER_PREFIX)] = raw.decode("utf-8", "replace")
         else:

@@ -18,7 +18,7 @@ from streamscore.errors import KafkaUnavailable
 from streamscore.kafka.config import admin_config
 from streamscore.settings import Settings
 
-__all__ = ["TopicResult", "TopicSpec", "ensure_topics", "topic_specs"]
+__all__ = ["STATE_STAGES", "TopicResult", "TopicSpec", "ensure_topics", "state_topic", "topic_specs"]
 
 _DAY_MS = 24 * 3600 * 1000
 
@@ -59,7 +59,34 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         spec(t.drift, "drift reports (DriftReport), keyed by worker", 30),
         spec(t.dead_letters, "original bytes of failed messages, reason in headers", 14),
         spec(t.transactions_by_merchant, "accepted transactions re-keyed by merchant (features, internal)", 2),
+        *(
+            TopicSpec(
+                state_topic(settings, stage),
+                f"feature processor state of the {stage} stage: changed rows and checkpoints (compacted, internal)",
+                t.partitions,
+                t.replication_factor,
+                _COMPACTED,
+            )
+            for stage in STATE_STAGES
+        ),
     ]
+
+
+STATE_STAGES = ("ingest", "rekey")
+# Compaction keeps the newest row per entity. Segments roll every hour so that old versions become
+# cleanable (the active segment never is); tombstones of evicted entities live a day, which a restore
+# that reads from the start must outpace.
+_COMPACTED = {
+    "cleanup.policy": "compact",
+    "segment.ms": str(3600 * 1000),
+    "min.cleanable.dirty.ratio": "0.2",
+    "delete.retention.ms": str(_DAY_MS),
+}
+
+
+def state_topic(settings: Settings, stage: str) -> str:
+    """The compacted topic that holds one processing stage's state, partitioned like its input."""
+    return f"{settings.topics.features_state}-{stage}"
 
 
 def _wait_for_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:
