@@ -178,7 +178,8 @@ def wait_lag(settings: Settings, topics: list[str]) -> int:
 
 
 def same(a: object, b: float) -> bool:
-    if a is None:
+    """Equal values, or both null (None online, NaN offline and in the reference)."""
+    if a is None or (isinstance(a, float) and np.isnan(a)):
         return bool(np.isnan(b))
     return bool(np.isclose(float(a), b, rtol=1e-9, atol=1e-9))  # type: ignore[arg-type]
 

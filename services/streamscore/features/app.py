@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -110,6 +111,7 @@ class FeatureProcessor:
                 settings.kafka, self.producer, state_topic(settings, short), group_id=settings.features.group_id
             )
             self.recovery[stage.name] = Recovery(settings, stage, topic, state_log, allowed_lag_ms=rules.allowed_lag_ms)
+        self.ingest.source_id = self.recovery[self.ingest.name].topic_id
         self.states: dict[tuple[str, int], PartitionState] = {}
         self.stale: dict[tuple[str, int], dict[str, set[str]]] = {}
         self.pending: dict[str, _Pending] = {}
@@ -263,7 +265,8 @@ def build_app(settings: Settings, plans: Sequence[ViewPlan], rules: EventRules) 
         **_faust_broker(settings),
         value_serializer="raw",
         key_serializer="raw",
-        datadir=str(settings.data_dir / "faust"),  # not the working directory
+        # faust's own files (nothing of ours: state lives in Kafka) go to a scratch directory of this process.
+        datadir=tempfile.mkdtemp(prefix="streamscore-faust-"),
         store="memory://",
         web_enabled=False,
         topic_partitions=settings.topics.partitions,

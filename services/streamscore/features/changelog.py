@@ -66,6 +66,7 @@ class Checkpoint:
     floor_all_ms: int = NO_TIME
     floor_new_ms: int = NO_TIME
     source_high: dict[int, int] = field(default_factory=dict)
+    source_ids: dict[int, str] = field(default_factory=dict)
     format: int = _FORMAT
 
     def to_bytes(self) -> bytes:
@@ -79,6 +80,7 @@ class Checkpoint:
             if raw.get("format") != _FORMAT:
                 return None
             raw["source_high"] = {int(k): int(v) for k, v in raw.get("source_high", {}).items()}
+            raw["source_ids"] = {int(k): str(v) for k, v in raw.get("source_ids", {}).items()}
             return cls(**raw)
         except (ValueError, TypeError, AttributeError):
             return None
@@ -132,6 +134,7 @@ class StateLog:
             floor_all_ms=state.floor_all_ms,
             floor_new_ms=state.floor_new_ms,
             source_high=dict(state.source_high),
+            source_ids=dict(state.source_ids),
         ).to_bytes()
         send(self.topic, checkpoint, key=CHECKPOINT_KEY, headers=headers, partition=partition)
         size += len(checkpoint)

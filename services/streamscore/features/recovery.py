@@ -167,6 +167,7 @@ class Recovery:
                     restored.views,
                     next_offset=found.next_offset,
                     source_high=dict(found.source_high),
+                    source_ids=dict(found.source_ids),
                     watermark_ms=found.watermark_ms,
                     floor_all_ms=found.floor_all_ms,
                     floor_new_ms=found.floor_new_ms,
@@ -229,7 +230,6 @@ class Recovery:
         watermark = self._watermark_estimate(consumer, partition, committed, low, restored)
         state = self.stage.new_state()
         state.epoch = new_epoch()
-        state.next_offset = committed
         if watermark == NO_TIME:
             start, complete_from = low, NO_TIME  # nothing decodable to estimate from: replay everything kept
         else:

@@ -46,6 +46,7 @@ NO_TIME = int(kernels.NO_TIME)
 BEYOND_STATE = "beyond-state-horizon"
 
 SOURCE_HEADER = "streamscore.src.partition"
+SOURCE_ID_HEADER = "streamscore.src.topic-id"  # a recreated source topic starts its offsets again
 SOURCE_OFFSET = "_source_offset"
 TIME = "_time_ms"
 
@@ -92,6 +93,7 @@ class PartitionState:
     views: dict[str, ViewState]
     next_offset: int = 0
     source_high: dict[int, int] = field(default_factory=dict)  # rekey: source partition -> offset applied
+    source_ids: dict[int, str] = field(default_factory=dict)  # rekey: source partition -> its topic's id
     watermark_ms: int = NO_TIME  # newest event time applied in this partition
     floor_all_ms: int = NO_TIME
     floor_new_ms: int = NO_TIME
@@ -156,6 +158,7 @@ class IngestStage:
         self.rules = rules
         self.serde = serde
         self.partition_key = partition_key
+        self.source_id = ""  # the source topic's id, sent with forwarded events (set by the processor)
         # entity key -> (topic, partitions, columns its views read)
         self.forwards = {
             key: (topic, n, _columns_for([p for p in plans if p.entity_key == key]))
@@ -268,7 +271,9 @@ class IngestStage:
                     if column not in table:
                         table[column] = pa.array([decoded[i][column] for i in applied.tolist()])
                 targets = target_partitions(keys_out, partitions)
-                headers = [FORMAT_HEADER, (SOURCE_HEADER, str(partition).encode())]
+                headers = [
+                    FORMAT_HEADER, (SOURCE_HEADER, str(partition).encode()), (SOURCE_ID_HEADER, self.source_id.encode())
+                ]  # fmt: skip
                 for target in np.unique(targets).tolist():
                     mask = pa.array(targets == target)
                     part = {name: col.filter(mask) for name, col in table.items()}
@@ -308,11 +313,16 @@ class RekeyStage:
             if rec.offset < state.next_offset:
                 continue
             try:
-                source = int(dict(rec.headers)[SOURCE_HEADER])
+                headers = dict(rec.headers)
+                source = int(headers[SOURCE_HEADER])
                 table = decode_batch(rec.value or b"")
             except (KeyError, ValueError, pa.ArrowException) as exc:
                 out.dead.append((rec, "undecodable-forward", exc))
                 continue
+            source_id = headers.get(SOURCE_ID_HEADER, b"").decode(errors="replace")
+            if state.source_ids.get(source, source_id) != source_id:
+                state.source_high.pop(source, None)  # the source topic was recreated: its offsets start over
+            state.source_ids[source] = source_id
             # Events at or below the highest source offset applied are replayed copies (see module doc).
             high = state.source_high.get(source, -1)
             offsets = table.column(SOURCE_OFFSET).to_numpy()
