@@ -6,6 +6,7 @@ processor killed -9 mid-stream and restarted."""
 
 from __future__ import annotations
 
+import shutil
 import time
 import urllib.request
 from collections import Counter
@@ -115,9 +116,14 @@ def test_stream_and_backfill_agree_with_pandas(run: tuple[str, Settings, Path]) 
                 urllib.request.urlopen(f"http://127.0.0.1:{p}/metrics", timeout=10).read().decode() for p in ports
             )
         assert "Traceback" not in two.log.read_text(), two.tail()
-    else:
-        with ProcessorProcess(settings, log) as proc:
+    else:  # the restarted processor has nothing local: its state comes back from Kafka, checked
+        for local in ("faust", "features"):
+            shutil.rmtree(settings.data_dir / local, ignore_errors=True)
+        with ProcessorProcess(settings, tmp / "restarted.log") as proc:
             wait_caught_up(settings, proc)
+        restarted = (tmp / "restarted.log").read_text()
+        assert "state restored" in restarted, restarted[-3000:]
+        assert "rebuilding" not in restarted, restarted[-3000:]
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
     if mode == "straight":
         for name in (

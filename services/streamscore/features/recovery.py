@@ -119,10 +119,6 @@ class Recovery:
             self._topic_id = str(futures[self.topic].result().topic_id)
         return self._topic_id
 
-    def forget_topic_id(self) -> None:
-        """Look the id up again at the next recovery (the topic may have been recreated)."""
-        self._topic_id = None
-
     def recover(self, partition: int) -> Recovered:
         tag = f"{self.stage.name}[{partition}]"
         consumer = confluent_kafka.Consumer(
@@ -209,8 +205,6 @@ class Recovery:
         found = restored.checkpoint
         if found is None:
             return "no state in Kafka for it"
-        if found.topic_id != self.topic_id:
-            return f"the state was computed from another topic of that name (id {found.topic_id})"
         if found.fingerprint != self.fingerprint:
             return "the feature definitions changed since the state was computed"
         if restored.views is None:
