@@ -224,6 +224,21 @@ def _fit(desc, e, n):  # type: ignore[no-untyped-def]
     return _class_for(max(1, 2 * n))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _room_for_one(desc, e, n, a, b, meta):  # type: ignore[no-untyped-def]
+    """Make a pair table of ``n`` entries fit one more: move up a class when full, down when mostly empty.
+    Returns -1, or the capacity the pool lacks for the move up (nothing changed then)."""
+    if desc[e, BLK] < 0 or n == CAPS[desc[e, CLS]]:
+        cls = 0 if desc[e, BLK] < 0 else desc[e, CLS] + 1
+        if not _move_pairs(desc, e, cls, a, b, meta):
+            return CAPS[cls]
+    else:
+        cls = _fit(desc, e, n + 1)
+        if cls >= 0:
+            _move_pairs(desc, e, cls, a, b, meta)
+    return -1
+
+
 # --- tiles ----------------------------------------------------------------------------------------------
 
 
@@ -373,16 +388,11 @@ def _apply_one(i, e, t, values, dv, cfg, ent, tiles, t_meta, dpool, need):  # ty
                         d_last[blk + keep] = d_last[blk + q]
                         keep += 1
                 nd = d_desc[e, LEN] = keep
-            if d_desc[e, BLK] < 0 or nd == CAPS[d_desc[e, CLS]]:
-                cls = 0 if d_desc[e, BLK] < 0 else d_desc[e, CLS] + 1
-                if not _move_pairs(d_desc, e, cls, d_val, d_last, d_meta):
-                    need[0] = POOL_DISTINCT
-                    need[1] = CAPS[cls]
-                    return NEED_SPACE
-            else:
-                cls = _fit(d_desc, e, nd + 1)
-                if cls >= 0:
-                    _move_pairs(d_desc, e, cls, d_val, d_last, d_meta)
+            lacking = _room_for_one(d_desc, e, nd, d_val, d_last, d_meta)
+            if lacking >= 0:
+                need[0] = POOL_DISTINCT
+                need[1] = lacking
+                return NEED_SPACE
     # From here on nothing can fail.
     if not found:
         for q in range(n, pos, -1):
@@ -571,16 +581,11 @@ def dedup_events(start, rows, hashes, times, allowed_lag_ms, seen_max, dirty, q_
         repeat[i] = found
         if found:
             continue
-        if q_desc[e, BLK] < 0 or n == CAPS[q_desc[e, CLS]]:
-            cls = 0 if q_desc[e, BLK] < 0 else q_desc[e, CLS] + 1
-            if not _move_pairs(q_desc, e, cls, q_hash, q_time, q_meta):
-                need[0] = POOL_DEDUP
-                need[1] = CAPS[cls]
-                return i
-        else:
-            cls = _fit(q_desc, e, n + 1)
-            if cls >= 0:
-                _move_pairs(q_desc, e, cls, q_hash, q_time, q_meta)
+        lacking = _room_for_one(q_desc, e, n, q_hash, q_time, q_meta)
+        if lacking >= 0:
+            need[0] = POOL_DEDUP
+            need[1] = lacking
+            return i
         s = _phys(q_desc, e, n)
         q_hash[s] = h
         q_time[s] = times[i]
