@@ -67,6 +67,7 @@ class Checkpoint:
     floor_new_ms: int = NO_TIME
     source_high: dict[int, int] = field(default_factory=dict)
     source_ids: dict[int, str] = field(default_factory=dict)
+    source_watermarks: dict[int, int] = field(default_factory=dict)
     format: int = _FORMAT
 
     def to_bytes(self) -> bytes:
@@ -81,6 +82,7 @@ class Checkpoint:
                 return None
             raw["source_high"] = {int(k): int(v) for k, v in raw.get("source_high", {}).items()}
             raw["source_ids"] = {int(k): str(v) for k, v in raw.get("source_ids", {}).items()}
+            raw["source_watermarks"] = {int(k): int(v) for k, v in raw.get("source_watermarks", {}).items()}
             return cls(**raw)
         except (ValueError, TypeError, AttributeError):
             return None
@@ -135,6 +137,7 @@ class StateLog:
             floor_new_ms=state.floor_new_ms,
             source_high=dict(state.source_high),
             source_ids=dict(state.source_ids),
+            source_watermarks=dict(state.source_watermarks),
         ).to_bytes()
         send(self.topic, checkpoint, key=CHECKPOINT_KEY, headers=headers, partition=partition)
         size += len(checkpoint)

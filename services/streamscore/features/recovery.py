@@ -164,6 +164,7 @@ class Recovery:
                     next_offset=found.next_offset,
                     source_high=dict(found.source_high),
                     source_ids=dict(found.source_ids),
+                    source_watermarks=dict(found.source_watermarks),
                     watermark_ms=found.watermark_ms,
                     floor_all_ms=found.floor_all_ms,
                     floor_new_ms=found.floor_new_ms,

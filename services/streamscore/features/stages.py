@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from streamscore.features import kernels
 from streamscore.features.forward import FORMAT_HEADER, decode_batch, encode_batch, target_partitions
@@ -94,6 +95,8 @@ class PartitionState:
     next_offset: int = 0
     source_high: dict[int, int] = field(default_factory=dict)  # rekey: source partition -> offset applied
     source_ids: dict[int, str] = field(default_factory=dict)  # rekey: source partition -> its topic's id
+    # rekey: source partition -> newest event time forwarded from it (see ``eviction_clock_ms``)
+    source_watermarks: dict[int, int] = field(default_factory=dict)
     watermark_ms: int = NO_TIME  # newest event time applied in this partition
     floor_all_ms: int = NO_TIME
     floor_new_ms: int = NO_TIME
@@ -103,14 +106,26 @@ class PartitionState:
         if len(times):
             self.watermark_ms = max(self.watermark_ms, int(times.max()))
 
+    @property
+    def eviction_clock_ms(self) -> int:
+        """The time eviction measures idleness against. A re-keyed partition merges the forwards of every
+        source partition, and the sources progress unevenly (one catching up on a backlog, one consumed
+        before another): its own newest event can be hours ahead of what a lagging source will still
+        forward. So it is the slowest source's newest event; elsewhere, the partition's watermark. A source
+        that stops forwarding holds eviction back (memory grows; nothing is lost)."""
+        if self.source_watermarks:
+            return min(self.source_watermarks.values())
+        return self.watermark_ms
+
     def evict_idle(self, horizon_ms: int, idle_ms: int) -> dict[str, list[str]]:
-        """Drop entities whose newest event is more than ``horizon_ms + idle_ms`` behind the partition's
-        watermark (and unchanged since the last checkpoint), and raise ``floor_new_ms`` past their tiles.
+        """Drop entities whose newest event is more than ``horizon_ms + idle_ms`` behind the eviction clock
+        (and unchanged since the last checkpoint), and raise ``floor_new_ms`` past their tiles.
 
         Every view of a stage sees the same events per entity, so they evict the same entities."""
-        if self.watermark_ms == NO_TIME:
+        clock = self.eviction_clock_ms
+        if clock == NO_TIME:
             return {}
-        cutoff = self.watermark_ms - horizon_ms - idle_ms
+        cutoff = clock - horizon_ms - idle_ms
         evicted = {name: view.evict(cutoff) for name, view in self.views.items()}
         if any(evicted.values()):
             self.floor_new_ms = max(
@@ -322,6 +337,7 @@ class RekeyStage:
             source_id = headers.get(SOURCE_ID_HEADER, b"").decode(errors="replace")
             if state.source_ids.get(source, source_id) != source_id:
                 state.source_high.pop(source, None)  # the source topic was recreated: its offsets start over
+                state.source_watermarks.pop(source, None)
             state.source_ids[source] = source_id
             # Events at or below the highest source offset applied are replayed copies (see module doc).
             high = state.source_high.get(source, -1)
@@ -330,6 +346,8 @@ class RekeyStage:
                 parts.append(table.filter(pa.array(offsets > high)))
                 part_offsets.append(np.full(parts[-1].num_rows, rec.offset, np.int64))
                 state.source_high[source] = int(offsets.max())
+                newest = int(pc.max(parts[-1].column(TIME)).as_py())
+                state.source_watermarks[source] = max(state.source_watermarks.get(source, NO_TIME), newest)
         if records:
             state.next_offset = max(state.next_offset, records[-1].offset + 1)
         if not parts:
