@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from streamscore.bounds import InputBounds
 from streamscore.errors import StreamscoreError
 
 __all__ = [
@@ -86,6 +87,11 @@ class KafkaSettings(_Section):
     ssl_certificate_location: Path | None = Field(None, description="ssl.certificate.location (client cert)")
     ssl_key_location: Path | None = Field(None, description="ssl.key.location (client key)")
     ssl_key_password: SecretStr | None = Field(None, description="ssl.key.password (secret)")
+    partitioner: Literal["crc32", "murmur2"] = Field(
+        "crc32",
+        description="How producers of transactions pick a partition from the key: crc32 (librdkafka, confluent-kafka)"
+        " or murmur2 (the Java client); ours use it, and the feature processor checks events against it",
+    )
     extra: dict[str, str] = Field(default_factory=dict, description="Further librdkafka properties, as a JSON object")
 
     @field_validator("bootstrap_servers")
@@ -159,6 +165,19 @@ class TopicSettings(_Section):
     )
     partitions: int = Field(4, ge=1, le=1024, description="Partitions of each topic we create")
     replication_factor: int = Field(1, ge=1, le=16, description="Replicas of each topic we create")
+
+
+class InputSettings(_Section):
+    """Bounds on what producers send, the same for the feature processor, the backfill and the workers."""
+
+    max_amount: float = Field(
+        10_000_000.0, gt=0, description="Largest transaction amount accepted; larger ones are dead-lettered"
+    )
+    max_id_length: int = Field(128, ge=1, le=4096, description="Longest event, user, merchant or request id")
+
+    @property
+    def bounds(self) -> InputBounds:
+        return InputBounds(max_id_length=self.max_id_length, max_amount=self.max_amount)
 
 
 class FeatureSettings(_Section):
@@ -324,6 +343,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
     topics: TopicSettings = TopicSettings()
+    input: InputSettings = InputSettings()
     stack: StackSettings = StackSettings()
     features: FeatureSettings = FeatureSettings()
     model: ModelSettings = ModelSettings()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import signal
 import subprocess
@@ -146,7 +147,7 @@ def test_every_request_is_scored_like_feast_would_feed_the_model(served: Setting
         while len(dead) < 3 and time.monotonic() < deadline:
             dead.extend(read_dead_letter(m) for m in consumer.poll_batch(100, 0.3))
     # Confluent framing without a registry, an empty message, a negative amount: each with its reason.
-    assert sorted(d.reason for d in dead) == ["invalid-amount", "truncated", "unknown-schema"]
+    assert sorted(d.reason for d in dead) == ["amount-negative", "truncated", "unknown-schema"]
     assert {d.stage for d in dead} == {"inference"}
 
 
@@ -178,6 +179,57 @@ def test_a_request_that_cannot_be_scored_is_dead_lettered_and_the_rest_are_score
     while _count_dead_letters(served, "scoring-failed") - dead_before < 10 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _count_dead_letters(served, "scoring-failed") - dead_before == 10  # every 6th of 60 requests
+
+
+def _dead_letter_messages(s: Settings, wanted: int, timeout_s: float = 30) -> list[Any]:
+    out: list[Any] = []
+    with Consumer(s.kafka, f"dlq-{uuid.uuid4().hex}", [s.topics.dead_letters]) as consumer:
+        deadline = time.monotonic() + timeout_s
+        while len(out) < wanted and time.monotonic() < deadline:
+            out.extend(consumer.poll_batch(100, 0.3))
+    return out
+
+
+def test_no_input_wedges_the_worker_or_is_published_as_a_verdict(served: Settings, worker: InferenceWorker) -> None:
+    """An oversized non-Avro message (its dead letter would exceed the broker's limit with the error headers),
+    ids with a NUL or too long, an amount of 1e300, and a stored feature that makes the model answer NaN: each
+    is dead-lettered with its reason, and the requests behind them are answered. An amount inside the bounds
+    but far outside the training data is scored and flagged."""
+    inf_user = f"u-inf-{uuid.uuid4().hex[:6]}"
+    store = feature_store(served)
+    with quiet_feast():
+        names = [n for v, n in service_features(store, "fraud_model_v1") if v == "user_transactions"]
+    with OnlineWriter(served, store) as writer:
+        values = {n: np.array([1.0 if "count" in n else np.inf]) for n in names}  # counts are Int64
+        writer.write("user_transactions", [inf_user], values, np.array([NOW_MS]))
+    base = _requests(40)
+    far = dict(base[1], request_id=f"r-far-{uuid.uuid4().hex}", amount=5_000_000.0)
+    bad = {
+        "user-id-control-character": dict(base[2], request_id=f"r-nul-{uuid.uuid4().hex}", user_id="u-\0-x"),
+        "request-id-too-long": dict(base[3], request_id="r" * 200),
+        "amount-too-large": dict(base[4], request_id=f"r-huge-{uuid.uuid4().hex}", amount=1e300),
+        "score-not-finite": dict(base[5], request_id=f"r-nan-{uuid.uuid4().hex}", user_id=inf_user),
+    }
+    oversized = b"\xff" * 1_046_500
+    big = Producer(served.kafka, **{"message.max.bytes": 2_000_000})
+    big.send(served.topics.score_requests, oversized, key=b"big", headers=[("trace", b"t" * 2000)])
+    big.flush()
+    _send(served, [*bad.values(), far, *base])
+    seen = _predictions(served, {r["request_id"] for r in [far, *base]})
+    by_id = {record["request_id"]: record for record, _ in seen}
+    assert not {r["request_id"] for r in bad.values()} & by_id.keys()
+    assert "req_amount_to_user_mean_24h" in by_id[far["request_id"]]["out_of_range"]
+    assert by_id[far["request_id"]]["score"] == by_id[far["request_id"]]["score"]  # a number
+
+    messages = _dead_letter_messages(served, len(bad) + 1)
+    cut = [m for m in messages if dict(m.headers()).get("streamscore.error.original-size") == b"1046500"]
+    assert len(cut) == 1, [dict(m.headers()) for m in messages]
+    assert sorted(read_dead_letter(m).reason for m in messages if m not in cut) == sorted(bad)
+    headers = dict(cut[0].headers())
+    assert headers["streamscore.error.original-sha256"].decode() == hashlib.sha256(oversized).hexdigest()
+    assert headers["streamscore.error.truncated"] == b"headers,value"
+    assert "trace" not in headers
+    assert 0 < len(cut[0].value()) < len(oversized)
 
 
 def _count_dead_letters(s: Settings, reason: str) -> int:

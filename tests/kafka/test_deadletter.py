@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from streamscore.kafka import DeadLetterPublisher, Producer, read_dead_letter
@@ -78,3 +80,31 @@ def test_a_message_without_error_headers_is_not_a_dead_letter(settings: Settings
     (msg,) = read_all(settings, topic, 1, group=f"g-{unique}")
     with pytest.raises(ValueError, match="not a streamscore dead letter"):
         read_dead_letter(msg)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "headers", "cut"),
+    [
+        (b"k", b"v" * 1_046_500, [], b"value"),  # the value alone nearly fills the broker's limit
+        (b"k", b"v" * 100, [("trace", b"t" * 1_040_000)], b"headers"),  # huge headers, small value
+        (b"k" * 500_000, b"v" * 1_000_000, [("trace", b"t")], b"headers,key,value"),
+    ],
+)
+def test_a_dead_letter_too_large_for_the_broker_is_cut_to_fit_and_says_what_it_was(
+    settings: Settings, unique: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], cut: bytes
+) -> None:
+    """Before, the broker refused such a dead letter (MSG_SIZE_TOO_LARGE) and its consumer retried forever."""
+    dlq = create_topic(settings, f"dlq-{unique}", partitions=1)
+    producer = Producer(settings.kafka)
+    DeadLetterPublisher(producer, dlq, stage="test").publish_raw("in", 0, 7, key, value, headers, "bad-magic")
+    producer.flush()  # raised DeliveryError before
+    (msg,) = read_all(settings, dlq, 1, group=f"g-{unique}")
+    letter = read_dead_letter(msg)
+    got = dict(msg.headers())
+    assert letter.reason == "bad-magic"
+    assert letter.offset == 7
+    assert got["streamscore.error.truncated"] == cut
+    assert got["streamscore.error.original-size"] == str(len(value)).encode()
+    assert got["streamscore.error.original-sha256"].decode() == hashlib.sha256(value).hexdigest()
+    assert value.startswith(letter.value)
+    assert letter.headers == []  # the original headers are the first thing left out

@@ -94,3 +94,15 @@ def test_streaks_are_per_worker() -> None:
     assert trigger is not None
     assert trigger.worker == "a"
     assert p.streak == 0  # a retrain starts every streak afresh
+
+
+def test_a_report_sent_again_does_not_count_twice() -> None:
+    """A worker re-sends its reports when a batch is retried after a partial delivery, and the retrainer reads
+    reports again after a failed commit: the same window twice is one observation."""
+    p = policy()
+    p.observe(report(0, "amount"), "1", 0)
+    assert p.observe(report(1, "amount"), "1", 1) is None
+    assert p.observe(report(1, "amount"), "1", 2) is None
+    assert p.observe(report(0, "amount"), "1", 3) is None
+    assert p.streak == 2
+    assert p.observe(report(2, "amount"), "1", 4) is not None

@@ -54,6 +54,49 @@ def features_run(ctx: typer.Context) -> None:
     run_processor(settings_of(ctx))
 
 
+@features_app.command("resync")
+def features_resync(
+    ctx: typer.Context,
+    wait_s: Annotated[float, typer.Option("--wait", help="Seconds to wait for the processors.")] = 120.0,
+) -> None:
+    """Rewrite every entity's current features to the online store, from the running processors' state.
+
+    For when Redis lost data the processors cannot see (they notice restarts, flushes and evictions of their
+    markers by themselves). Each processor rewrites the partitions it owns at its next checkpoint round."""
+    from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+
+    from streamscore.errors import StreamscoreError
+    from streamscore.features.resync import OnlineMarkers
+    from streamscore.store.config import redis_connection_string
+    from streamscore.store.layout import redis_client
+
+    settings = settings_of(ctx)
+    group = settings.features.group_id
+    client = redis_client(
+        RedisOnlineStoreConfig(connection_string=redis_connection_string(settings.redis)), socket_timeout_s=5.0
+    )
+    markers = OnlineMarkers(client, group)
+    asked = markers.clear()
+    if not asked:
+        raise StreamscoreError(
+            f"no feature processor of group {group!r} has written to this Redis: start `streamscore features run`"
+            " (it writes every entity it holds at its first checkpoint)"
+        )
+    deadline = time.monotonic() + wait_s
+    with progress_bar() as bar:
+        task = bar.add_task("partitions rewritten", total=asked, rate="")
+        while (done := markers.marked(markers.run_id())) < asked:
+            bar.update(task, completed=done)
+            if time.monotonic() > deadline:
+                raise StreamscoreError(
+                    f"{done} of {asked} partitions rewritten after {wait_s:.0f}s: are the feature processors running"
+                    " (`streamscore top`)? Those that run rewrite theirs at their next checkpoint"
+                )
+            time.sleep(0.5)
+        bar.update(task, completed=asked)
+    console.print(f"rewrote the online features of {asked} partition(s) of group {group}")
+
+
 @features_app.command("get")
 def features_get(
     ctx: typer.Context,

@@ -49,4 +49,5 @@ def rules_for(settings: Settings, plans: list[ViewPlan]) -> EventRules:
         watermark_delay_ms=max(p.watermark_delay_ms for p in plans),
         allowed_lateness_ms=round(settings.features.allowed_lateness_s * 1000),
         max_future_ms=round(settings.features.max_future_s * 1000),
+        bounds=settings.input.bounds,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,17 +27,29 @@ from typing import Any
 
 import faust
 import numpy as np
+import redis
 from faust.types import TP
 from mode.supervisors import CrashingSupervisor
 from prometheus_client import Counter, Gauge, Histogram
+from redis.exceptions import OutOfMemoryError  # type: ignore[attr-defined]  # missing from types-redis
 
+from streamscore.errors import StreamscoreError
 from streamscore.features.changelog import StateLog
 from streamscore.features.plan import ViewPlan
 from streamscore.features.recovery import Recovery
+from streamscore.features.resync import OnlineMarkers
 from streamscore.features.rules import EventRules
-from streamscore.features.stages import BEYOND_STATE, IngestStage, InRecord, PartitionState, RekeyStage, StageOutput
+from streamscore.features.stages import (
+    BEYOND_STATE,
+    IngestStage,
+    InRecord,
+    PartitionState,
+    RekeyStage,
+    StageOutput,
+    online_rows,
+)
 from streamscore.kafka import DeadLetterPublisher, Producer, state_topic
-from streamscore.serde import Serde
+from streamscore.serde import Serde, SerdeError
 from streamscore.settings import Settings
 from streamscore.store import OnlineWriter
 
@@ -69,6 +82,20 @@ CHECKPOINT_ROWS = Counter("streamscore_features_checkpoint_rows", "Changed entit
 ENTITIES = Gauge("streamscore_features_entities", "Entities held in window state", ["view"])
 STATE_BYTES = Gauge("streamscore_features_state_bytes", "Bytes of window state arrays", ["view"])
 EVICTED = Counter("streamscore_features_evicted_entities", "Idle entities evicted from window state", ["view"])
+REGISTRY_WAITS = Counter(
+    "streamscore_features_registry_waits", "Batches held back (not dead-lettered) while the schema registry was down"
+)
+REDIS_WAITS = Counter(
+    "streamscore_features_online_store_waits", "Online writes held back while Redis was unavailable or out of memory"
+)
+RESYNCED = Counter(
+    "streamscore_features_resynced_entities", "Entities rewritten because the online store lost data", ["stage"]
+)
+_BACKOFF_START_S, _BACKOFF_MAX_S = 0.1, 5.0
+_RESYNC_CHUNK = 10_000
+# Redis errors a write outlives by waiting: down, loading its data after a restart, a read-only replica during
+# a failover, or out of memory under maxmemory + noeviction (the operator adds memory or it evicts).
+REDIS_OUTAGES = (redis.ConnectionError, redis.TimeoutError, OutOfMemoryError, redis.ReadOnlyError)
 BEYOND = Counter(
     "streamscore_features_beyond_state_events",
     "Events dead-lettered because they reach further back than the recovered or evicted state",
@@ -101,6 +128,7 @@ class FeatureProcessor:
         self.producer = Producer(settings.kafka, client_suffix="features")
         self.dead_letters = DeadLetterPublisher(self.producer, topics.dead_letters, stage="features")
         self.writer = OnlineWriter(settings)
+        self.markers = OnlineMarkers(self.writer.redis, settings.features.group_id)
         self.idle_ms = rules.allowed_lag_ms + round(settings.features.idle_margin_s * 1000)
         self.recovery: dict[str, Recovery] = {}
         for stage, topic, short in (
@@ -112,6 +140,8 @@ class FeatureProcessor:
             )
             self.recovery[stage.name] = Recovery(settings, stage, topic, state_log, allowed_lag_ms=rules.allowed_lag_ms)
         self.ingest.source_id = self.recovery[self.ingest.name].topic_id
+        self.ingest.partitioner = settings.kafka.partitioner
+        self.stopping = threading.Event()  # set when the app stops: a wait for the registry gives up
         self.states: dict[tuple[str, int], PartitionState] = {}
         self.stale: dict[tuple[str, int], dict[str, set[str]]] = {}
         self.pending: dict[str, _Pending] = {}
@@ -123,6 +153,8 @@ class FeatureProcessor:
         state = self.states.get(key)
         if state is None:
             recovery = self.recovery[stage.name]
+            if stage is self.ingest:
+                self.ingest.partitions = recovery.partition_count()
             recovered = recovery.recover(partition)
             state = self.states[key] = recovered.state
             self.stale[key] = recovered.stale
@@ -131,7 +163,7 @@ class FeatureProcessor:
                     self._write_online({view: [rows]})
             if recovered.backlog is not None:  # records the group's offset would skip: processed here
                 for batch in recovery.read(partition, *recovered.backlog):
-                    self._process(stage, {partition: batch}, len(batch))
+                    self._process_all(stage, {partition: batch}, len(batch))
         return state
 
     def handle(self, stage: IngestStage | RekeyStage, events: Sequence[Any]) -> StageOutput:
@@ -141,7 +173,29 @@ class FeatureProcessor:
             m = event.message
             headers = [(k, v if isinstance(v, bytes) else (v or b"")) for k, v in (m.headers or [])]
             by_partition[m.partition].append(InRecord(m.topic, m.partition, m.offset, m.key, m.value, headers))
-        return self._process(stage, by_partition, len(events))
+        return self._process_all(stage, by_partition, len(events))
+
+    def _process_all(
+        self, stage: IngestStage | RekeyStage, by_partition: dict[int, list[InRecord]], n_events: int
+    ) -> StageOutput:
+        """Process until every partition's records are applied. A partition that meets a schema-registry
+        outage is retried with backoff (its records are valid as far as anyone knows: dead-lettering them, as
+        undecodable, and committing past them would lose them for the features for good)."""
+        delay = _BACKOFF_START_S
+        done = StageOutput()
+        while True:
+            out, waiting = self._process(stage, by_partition, n_events)
+            done.dead += out.dead
+            done.forwards += out.forwards
+            done.applied += out.applied
+            if not waiting:
+                return done
+            REGISTRY_WAITS.inc()
+            log.warning("schema registry unreachable; retrying %d partition(s) in %.1fs", len(waiting), delay)
+            if self.stopping.wait(delay):
+                raise StreamscoreError("stopped while waiting for the schema registry; the batch is not committed")
+            delay = min(delay * 2, _BACKOFF_MAX_S)
+            by_partition, n_events = {p: by_partition[p] for p in waiting}, 0
 
     def _write_online(self, online: dict[str, list[Any]]) -> None:
         for view, parts in online.items():
@@ -151,24 +205,74 @@ class FeatureProcessor:
             values = np.concatenate([p.values for p in parts])
             event_ms = np.concatenate([p.event_ms for p in parts])
             names = self.plans[view].feature_names
-            self.writer.write(view, ids, {n: values[:, j] for j, n in enumerate(names)}, event_ms)
+            features = {n: values[:, j] for j, n in enumerate(names)}
+            delay = _BACKOFF_START_S
+            while True:
+                try:
+                    self.writer.write(view, ids, features, event_ms)
+                    break
+                except REDIS_OUTAGES as exc:  # the batch waits (unacknowledged) rather than the process dying
+                    REDIS_WAITS.inc()
+                    log.warning("online store unavailable (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
+                    if self.stopping.wait(delay):
+                        raise StreamscoreError("stopped while the online store was unavailable") from exc
+                    delay = min(delay * 2, _BACKOFF_MAX_S)
+
+    def repair_online(self) -> None:
+        """Rewrite the entities of every partition whose marker says Redis may have lost them (resync.py)."""
+        try:
+            run_id = self.markers.run_id()
+            stale = self.markers.stale(list(self.states), run_id)
+        except redis.RedisError as exc:
+            log.warning("online store markers not checked (%s); next round", exc)
+            return
+        for stage, partition in stale:
+            state = self.states[(stage, partition)]
+            written = 0
+            for name, view in state.views.items():
+                rows = np.fromiter(view.rows.values(), np.int64, len(view))
+                for start in range(0, len(rows), _RESYNC_CHUNK):
+                    chunk = online_rows(view, rows[start : start + _RESYNC_CHUNK])
+                    self._write_online({name: [chunk]})
+                    written += len(chunk.ids)
+            try:
+                self.markers.mark(stage, partition, run_id)
+            except redis.RedisError as exc:
+                log.warning("online store marker of %s[%d] not set (%s); next round", stage, partition, exc)
+                continue
+            RESYNCED.labels(stage).inc(written)
+            if written:
+                log.warning(
+                    "online store lost data or was asked to resync: rewrote %d entities of %s[%d]",
+                    written,
+                    stage,
+                    partition,
+                )
 
     def _process(
         self, stage: IngestStage | RekeyStage, by_partition: dict[int, list[InRecord]], n_events: int
-    ) -> StageOutput:
+    ) -> tuple[StageOutput, list[int]]:
+        """One pass, outputs delivered; also returns the partitions left untouched by a registry outage."""
         merged = StageOutput()
         online: dict[str, list[Any]] = defaultdict(list)
+        waiting: list[int] = []
         for partition, records in by_partition.items():
-            out = stage.process(self._state(stage, partition), records)
+            try:
+                out = stage.process(self._state(stage, partition), records)
+            except SerdeError as exc:
+                if exc.reason != "registry":
+                    raise
+                waiting.append(partition)
+                continue
             merged.dead.extend(out.dead)
             merged.forwards.extend(out.forwards)
             merged.applied += out.applied
             merged.event_ms.extend(out.event_ms)
             for view, rows in out.online.items():
                 online[view].append(rows)
-        for rec, reason, exc in merged.dead:
+        for rec, reason, error in merged.dead:
             self.dead_letters.publish_raw(
-                rec.topic, rec.partition, rec.offset, rec.key, rec.value, rec.headers, reason, exc
+                rec.topic, rec.partition, rec.offset, rec.key, rec.value, rec.headers, reason, error
             )
             if reason == "late":
                 LATE.inc()
@@ -187,7 +291,7 @@ class FeatureProcessor:
         now_ms = time.time() * 1000
         for ms in merged.event_ms[:: max(1, len(merged.event_ms) // 200)]:
             observe(max(0.0, (now_ms - ms) / 1000))
-        return merged
+        return merged, waiting
 
     def checkpoint(self, partitions: set[tuple[str, int]] | None = None) -> None:
         """One round: evict idle entities, write changed rows and checkpoints, wait for Kafka's acks."""
@@ -212,6 +316,7 @@ class FeatureProcessor:
             CHECKPOINT_BYTES.labels(name).inc(size)
         self.producer.flush()
         CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+        self.repair_online()
         views: dict[str, list[Any]] = defaultdict(list)
         for state in self.states.values():
             for view_name, view in state.views.items():
@@ -250,8 +355,11 @@ class _FeatureApp(faust.App):
     """
 
     final_checkpoint: Callable[[], Awaitable[None]] | None = None
+    processor: FeatureProcessor | None = None
 
     async def on_stop(self) -> None:
+        if self.processor is not None:
+            self.processor.stopping.set()
         if self.final_checkpoint is not None:
             await self.final_checkpoint()
         self.conf.stream_wait_empty = False
@@ -321,6 +429,7 @@ def build_app(settings: Settings, plans: Sequence[ViewPlan], rules: EventRules) 
             await processor.ack_all()
 
     app.final_checkpoint = checkpoint_and_ack
+    app.processor = processor
 
     @app.timer(f.checkpoint_interval_s)  # type: ignore[untyped-decorator]
     async def checkpoint_then_ack() -> None:

@@ -70,8 +70,7 @@ def _accepted_sql(path: Path, rules: EventRules, lo_ms: int, hi_ms: int, columns
         ),
         valid AS (
             SELECT * FROM src
-            WHERE event_id IS NOT NULL AND user_id IS NOT NULL AND merchant_id IS NOT NULL
-              AND amount IS NOT NULL AND isfinite(amount) AND amount >= 0 AND event_time IS NOT NULL
+            WHERE {rules.sql_valid()} AND event_time IS NOT NULL
               AND time_ms <= {hi_ms + rules.max_future_ms}
         ),
         firsts AS (

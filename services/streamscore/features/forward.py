@@ -9,11 +9,12 @@ from a stable hash of the entity key, because one merchant must always land in t
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+
+from streamscore.kafka.partitioner import partitions_of
 
 __all__ = ["FORMAT_HEADER", "decode_batch", "encode_batch", "target_partitions"]
 
@@ -22,9 +23,7 @@ FORMAT_HEADER = ("streamscore.forward", b"arrow-ipc-1")
 
 def target_partitions(keys: Sequence[str], partitions: int) -> np.ndarray:
     """Partition of each key: crc32 modulo the partition count (stable across processes and runs)."""
-    uniques, inverse = np.unique(np.asarray(keys, dtype=object), return_inverse=True)
-    hashed = np.fromiter((zlib.crc32(str(k).encode()) % partitions for k in uniques), np.int64, len(uniques))
-    return hashed[inverse]
+    return partitions_of(keys, partitions, "crc32")
 
 
 def encode_batch(columns: dict[str, pa.Array]) -> bytes:

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import confluent_kafka
 import numpy as np
@@ -35,6 +35,7 @@ from streamscore.features.plan import ViewPlan
 from streamscore.features.stages import NO_TIME, InRecord, OnlineRows, PartitionState, StageOutput, online_rows
 from streamscore.features.state import ViewState
 from streamscore.kafka import admin_config, consumer_config, message_headers
+from streamscore.serde import SerdeError
 from streamscore.settings import Settings
 
 __all__ = ["Recovered", "Recovery", "StateRecoveryError", "fingerprint"]
@@ -114,10 +115,17 @@ class Recovery:
     @property
     def topic_id(self) -> str:
         if self._topic_id is None:
-            admin = AdminClient(admin_config(self.settings.kafka))
-            futures = admin.describe_topics(TopicCollection([self.topic]), request_timeout=30)
-            self._topic_id = str(futures[self.topic].result().topic_id)
+            self._topic_id = str(self._describe().topic_id)
         return self._topic_id
+
+    def partition_count(self) -> int:
+        """The input topic's partitions now (asked anew: a topic can gain partitions)."""
+        return len(self._describe().partitions)
+
+    def _describe(self) -> Any:
+        admin = AdminClient(admin_config(self.settings.kafka))
+        futures = admin.describe_topics(TopicCollection([self.topic]), request_timeout=30)
+        return futures[self.topic].result()
 
     def recover(self, partition: int) -> Recovered:
         tag = f"{self.stage.name}[{partition}]"
@@ -267,7 +275,19 @@ class Recovery:
     ) -> int:
         count = 0
         for batch in _read(consumer, self.topic, partition, start, end, size=self.settings.features.batch_size):
-            self.stage.process(state, batch)  # outputs were all written when these events first came
+            delay = 0.1
+            while True:
+                try:
+                    self.stage.process(state, batch)  # outputs were all written when these events first came
+                    break
+                except SerdeError as exc:  # the registry is down: the batch is untouched, wait for it
+                    if exc.reason != "registry":
+                        raise
+                    log.warning(
+                        "replay of %s[%d]: schema registry unreachable, retrying in %.1fs", self.topic, partition, delay
+                    )
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
             count += len(batch)
             REPLAYED.labels(self.stage.name).inc(len(batch))
         return count

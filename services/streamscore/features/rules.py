@@ -6,12 +6,15 @@ one place and the backfill's SQL mirrors :meth:`EventRules.invalid_reason` (see 
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ["EventRules"]
+from streamscore.bounds import InputBounds
+
+__all__ = ["ID_FIELDS", "EventRules"]
+
+ID_FIELDS = ("event_id", "user_id", "merchant_id")
 
 
 @dataclass(frozen=True)
@@ -19,22 +22,22 @@ class EventRules:
     watermark_delay_ms: int  # the Feast source's watermark_delay_threshold
     allowed_lateness_ms: int
     max_future_ms: int
+    bounds: InputBounds = field(default_factory=InputBounds)
 
     @property
     def allowed_lag_ms(self) -> int:
         """How far behind its entity's newest event an event may be and still count."""
         return self.watermark_delay_ms + self.allowed_lateness_ms
 
+    def sql_valid(self) -> str:
+        """The backfill's form of :meth:`invalid_reason`'s id and amount checks (a DuckDB predicate)."""
+        return self.bounds.sql_valid(ID_FIELDS)
+
     def invalid_reason(self, record: dict[str, Any], now_ms: int) -> str | None:
         """A short reason code if the decoded transaction must not touch any feature, else None."""
-        for key in ("event_id", "user_id", "merchant_id"):
-            if not record.get(key):
-                return f"missing-{key.replace('_', '-')}"
-        amount = record.get("amount")
-        if not isinstance(amount, float | int) or not math.isfinite(amount):
-            return "amount-not-finite"
-        if amount < 0:
-            return "amount-negative"
+        reason = self.bounds.problem(record, ID_FIELDS)
+        if reason is not None:
+            return reason
         event_time = record.get("event_time")
         if not isinstance(event_time, datetime):
             return "missing-event-time"

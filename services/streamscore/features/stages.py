@@ -30,10 +30,12 @@ from streamscore.features.plan import ViewPlan
 from streamscore.features.rules import EventRules
 from streamscore.features.state import ViewState
 from streamscore.kafka import Header
+from streamscore.kafka.partitioner import Partitioner, partitions_of
 from streamscore.serde import Serde, SerdeError
 
 __all__ = [
     "BEYOND_STATE",
+    "WRONG_PARTITION",
     "InRecord",
     "IngestStage",
     "OnlineRows",
@@ -45,6 +47,7 @@ __all__ = [
 
 NO_TIME = int(kernels.NO_TIME)
 BEYOND_STATE = "beyond-state-horizon"
+WRONG_PARTITION = "wrong-partition"
 
 SOURCE_HEADER = "streamscore.src.partition"
 SOURCE_ID_HEADER = "streamscore.src.topic-id"  # a recreated source topic starts its offsets again
@@ -174,6 +177,9 @@ class IngestStage:
         self.serde = serde
         self.partition_key = partition_key
         self.source_id = ""  # the source topic's id, sent with forwarded events (set by the processor)
+        # The source topic's partition count and its producers' partitioner (set by the processor; 0: unchecked).
+        self.partitions = 0
+        self.partitioner: Partitioner = "crc32"
         # entity key -> (topic, partitions, columns its views read)
         self.forwards = {
             key: (topic, n, _columns_for([p for p in plans if p.entity_key == key]))
@@ -198,7 +204,25 @@ class IngestStage:
         value = record.get("event_time")
         return [_epoch_ms(value)] if isinstance(value, datetime) else []
 
+    def _misrouted(
+        self, kept: list[InRecord], decoded: list[dict[str, object]], out: StageOutput
+    ) -> tuple[list[InRecord], list[dict[str, object]]]:
+        """Events in a partition their entity does not hash to are dead-lettered (``wrong-partition``).
+
+        The state of an entity lives where its events arrive; an event elsewhere (a producer keyed by
+        something else, another partitioner, or a topic that gained partitions) would start a second, partial
+        state for the same entity, and both would write the same online row, the last one winning."""
+        expected = partitions_of([str(r[self.partition_key]) for r in decoded], self.partitions, self.partitioner)
+        wrong = expected != np.fromiter((r.partition for r in kept), np.int64, len(kept))
+        if not wrong.any():
+            return kept, decoded
+        for i in np.flatnonzero(wrong).tolist():
+            out.dead.append((kept[i], WRONG_PARTITION, None))
+        right = np.flatnonzero(~wrong).tolist()
+        return [kept[i] for i in right], [decoded[i] for i in right]
+
     def process(self, state: PartitionState, records: Sequence[InRecord], now_ms: int | None = None) -> StageOutput:
+        """Raises the registry's ``SerdeError`` during a schema-registry outage, before changing the state."""
         out = StageOutput()
         now = int(time.time() * 1000) if now_ms is None else now_ms
         kept: list[InRecord] = []
@@ -209,6 +233,8 @@ class IngestStage:
             try:
                 record = self.serde.decode(rec.value or b"")
             except SerdeError as exc:
+                if exc.reason == "registry":  # an outage, not a bad event: nothing of the batch is applied yet
+                    raise
                 out.dead.append((rec, f"undecodable-{exc.reason}", exc))
                 continue
             reason = self.rules.invalid_reason(record, now)
@@ -217,6 +243,8 @@ class IngestStage:
                 continue
             kept.append(rec)
             decoded.append(record)
+        if self.partitions and kept:
+            kept, decoded = self._misrouted(kept, decoded, out)
         if records:
             state.next_offset = max(state.next_offset, records[-1].offset + 1)
         if not kept:

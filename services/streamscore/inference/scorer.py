@@ -7,6 +7,7 @@ decodes, calls :meth:`Scorer.score`, and publishes.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class ScoredBatch:
     inputs: npt.NDArray[np.float32]  # what the model got, defaults filled in
     missing: npt.NDArray[np.bool_]  # [N, F]: imputed inputs
     missing_names: list[list[str]]  # the same, as names, for the prediction record
+    out_of_range: list[list[str]]  # inputs far outside the training data's range (see Scorer)
     freshness_ms: npt.NDArray[np.int64]  # age of the oldest stored feature used; -1 when none was
     features_ms: float
     inference_ms: float
@@ -39,19 +41,49 @@ class ScoredBatch:
     def concat(cls, batches: Sequence[ScoredBatch]) -> ScoredBatch:
         """Batches scored one after the other, as one (times add up)."""
         return cls(
-            np.concatenate([b.scores for b in batches]), np.concatenate([b.decisions for b in batches]),
-            np.concatenate([b.inputs for b in batches]), np.concatenate([b.missing for b in batches]),
-            [names for b in batches for names in b.missing_names],
-            np.concatenate([b.freshness_ms for b in batches]), sum(b.features_ms for b in batches),
-            sum(b.inference_ms for b in batches),
-        )  # fmt: skip
+            scores=np.concatenate([b.scores for b in batches]),
+            decisions=np.concatenate([b.decisions for b in batches]),
+            inputs=np.concatenate([b.inputs for b in batches]),
+            missing=np.concatenate([b.missing for b in batches]),
+            missing_names=[names for b in batches for names in b.missing_names],
+            out_of_range=[names for b in batches for names in b.out_of_range],
+            freshness_ms=np.concatenate([b.freshness_ms for b in batches]),
+            features_ms=sum(b.features_ms for b in batches),
+            inference_ms=sum(b.inference_ms for b in batches),
+        )
+
+    def take(self, keep: npt.NDArray[np.bool_]) -> ScoredBatch:
+        """The rows where ``keep`` is true (times unchanged)."""
+        rows = np.flatnonzero(keep).tolist()
+        return dataclasses.replace(
+            self,
+            scores=self.scores[keep],
+            decisions=self.decisions[keep],
+            inputs=self.inputs[keep],
+            missing=self.missing[keep],
+            missing_names=[self.missing_names[i] for i in rows],
+            out_of_range=[self.out_of_range[i] for i in rows],
+            freshness_ms=self.freshness_ms[keep],
+        )
 
 
 class Scorer:
     """Feeds one model exactly what its card declares: store features in service order, then the request
-    features, each missing value replaced by the card's default and flagged."""
+    features, each missing value replaced by the card's default and flagged.
 
-    def __init__(self, session: ScoringSession, reader: OnlineReader, *, threshold: float | None = None) -> None:
+    An input far outside what the model was trained on (below the training minimum or above the maximum by
+    more than the training range's own width, from the reference profile) is flagged too: the model
+    extrapolates there, and a $1e7 purchase scored 0.0 must say so rather than look like a verdict.
+    """
+
+    def __init__(
+        self,
+        session: ScoringSession,
+        reader: OnlineReader,
+        *,
+        threshold: float | None = None,
+        profile: dict[str, Any] | None = None,
+    ) -> None:
         card = session.card
         available = {name: j for j, name in enumerate(reader.names)}
         lacking = [f for f in card.store_features if f not in available]
@@ -67,6 +99,13 @@ class Scorer:
         self._defaults = np.asarray(card.defaults, dtype=np.float64)
         self._store_columns = [(i, available[f]) for i, f in enumerate(card.features) if f in available]
         self._request_columns = [(i, f) for i, f in enumerate(card.features) if f in set(card.request_features)]
+        columns = (profile or {}).get("columns", {})
+        lo, hi = np.full(len(self.features), -np.inf), np.full(len(self.features), np.inf)
+        for i, name in enumerate(self.features):
+            if name in columns:
+                low, high = float(columns[name]["min"]), float(columns[name]["max"])
+                lo[i], hi[i] = low - (high - low), high + (high - low)
+        self._lo, self._hi = lo, hi
 
     def score(self, requests: Sequence[dict[str, Any]], now_ms: int) -> ScoredBatch:
         n = len(requests)
@@ -94,7 +133,18 @@ class Scorer:
         names: list[list[str]] = [[] for _ in range(n)]
         for row in np.flatnonzero(missing.any(axis=1)):
             names[row] = [self.features[j] for j in np.flatnonzero(missing[row])]
+        outside = (raw < self._lo) | (raw > self._hi)  # NaN (missing) compares False
+        far: list[list[str]] = [[] for _ in range(n)]
+        for row in np.flatnonzero(outside.any(axis=1)):
+            far[row] = [self.features[j] for j in np.flatnonzero(outside[row])]
         return ScoredBatch(
-            scores, scores >= self.threshold, inputs, missing, names, freshness.astype(np.int64), features_ms,
-            inference_ms,
-        )  # fmt: skip
+            scores=scores,
+            decisions=scores >= self.threshold,
+            inputs=inputs,
+            missing=missing,
+            missing_names=names,
+            out_of_range=far,
+            freshness_ms=freshness.astype(np.int64),
+            features_ms=features_ms,
+            inference_ms=inference_ms,
+        )

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import signal
 import threading
 import time
@@ -33,6 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import confluent_kafka
+import numpy as np
 import redis
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -69,6 +69,16 @@ MODEL = Gauge("streamscore_inference_model_info", "The model version being serve
 RETRIES = Counter("streamscore_inference_retries", "Batches rewound and retried after a failure", ["cause"])
 LAG = Gauge("streamscore_inference_consumer_lag", "Requests behind the partition end", ["partition"])
 
+OUT_OF_RANGE = Counter(
+    "streamscore_inference_out_of_range_inputs", "Model inputs far outside the training data's range", ["feature"]
+)
+HEADERS_DROPPED = Counter(
+    "streamscore_inference_headers_dropped", "Predictions sent without some of their request's headers (too large)"
+)
+
+_REQUEST_IDS = ("request_id", "user_id", "merchant_id")
+_MAX_COPIED_HEADER_BYTES = 16_384
+DROPPED_HEADERS = "streamscore.headers-dropped"  # on a prediction: how many request headers were left out
 _BACKOFF_START_S, _BACKOFF_MAX_S = 0.1, 5.0
 _STRIKES = 3  # failures in a row, not outages, before a batch is scored one request at a time
 
@@ -83,14 +93,19 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, SerdeError) and exc.reason == "registry"
 
 
-def _valid(request: dict[str, Any]) -> str | None:
-    """Why a decoded request cannot be scored, or None."""
-    if not request["request_id"] or not request["user_id"] or not request["merchant_id"]:
-        return "missing-id"
-    amount = request["amount"]
-    if not math.isfinite(amount) or amount < 0:
-        return "invalid-amount"
-    return None
+def _copied_headers(headers: list[tuple[str, bytes]] | None) -> list[tuple[str, bytes]]:
+    """A request's headers (trace context) for its prediction, up to a size: a prediction is larger than its
+    request, so all of a request's headers could make it too large for the broker."""
+    out: list[tuple[str, bytes]] = []
+    size = 0
+    for name, value in headers or []:
+        size += len(name) + len(value or b"")
+        if size > _MAX_COPIED_HEADER_BYTES:
+            out.append((DROPPED_HEADERS, str(len(headers or []) - len(out)).encode()))
+            HEADERS_DROPPED.inc()
+            break
+        out.append((name, value or b""))
+    return out
 
 
 class InferenceWorker:
@@ -104,6 +119,7 @@ class InferenceWorker:
         )  # fmt: skip
         self.worker_id = self.instance.name
         self.topics = settings.topics
+        self.bounds = settings.input.bounds
         self.exactly_once = cfg.guarantee == "exactly-once"
         self.consumer = Consumer(
             settings.kafka, cfg.group_id, [self.topics.score_requests], client_suffix="inference",
@@ -137,7 +153,7 @@ class InferenceWorker:
         self.scored = 0
 
     def _scorer(self, session: ScoringSession, profile: dict[str, Any]) -> Scorer:
-        scorer = Scorer(session, self.reader, threshold=self.settings.inference.threshold)
+        scorer = Scorer(session, self.reader, threshold=self.settings.inference.threshold, profile=profile)
         self.drift.start(session, profile)
         previous = getattr(self, "scorer", None)
         if previous is not None:  # 0 rather than removed: removal is not supported in multi-process mode
@@ -240,12 +256,14 @@ class InferenceWorker:
                     raise
                 self._dead_letter(msg, exc.reason, exc)
                 continue
-            reason = _valid(request)
+            reason = self.bounds.problem(request, _REQUEST_IDS)
             if reason is not None:
                 self._dead_letter(msg, reason)
                 continue
             good.append((msg, request))
         good, batch = self._score(good, int(picked_ms), isolate)
+        if batch is not None:
+            good, batch = self._finite(good, batch)
         if batch is not None:
             self._send_predictions(good, batch, picked_ms)
         reports = self.drift.due_reports()
@@ -290,6 +308,19 @@ class InferenceWorker:
             kept.append((msg, request))
         return kept, ScoredBatch.concat(batches) if batches else None
 
+    def _finite(
+        self, good: list[tuple[confluent_kafka.Message, dict[str, Any]]], batch: ScoredBatch
+    ) -> tuple[list[tuple[confluent_kafka.Message, dict[str, Any]]], ScoredBatch | None]:
+        """A score that is not a number is no verdict (``NaN >= threshold`` is false: "not fraud"), so its
+        request goes to the dead-letter topic, and the drift monitor never sees it."""
+        finite = np.isfinite(batch.scores)
+        if finite.all():
+            return good, batch
+        for i in np.flatnonzero(~finite).tolist():
+            self._dead_letter(good[i][0], "score-not-finite")
+        kept = [g for g, ok in zip(good, finite.tolist(), strict=True) if ok]
+        return kept, batch.take(finite) if kept else None
+
     def _dead_letter(self, msg: confluent_kafka.Message, reason: str, exc: BaseException | None = None) -> None:
         self.dead_letters.publish(msg, reason, exc)
         REQUESTS.labels("dead-letter").inc()
@@ -327,6 +358,7 @@ class InferenceWorker:
                 "model_version": session.version,
                 "feature_freshness_ms": freshness if freshness >= 0 else None,
                 "missing_features": batch.missing_names[i],
+                "out_of_range": batch.out_of_range[i],
                 "latency": {
                     "queue_ms": max(picked_ms - request_ms, 0.0),
                     "features_ms": batch.features_ms,
@@ -338,7 +370,7 @@ class InferenceWorker:
             }
             self.producer.send(
                 self.topics.predictions, self.predictions.encode(prediction), key=request["request_id"],
-                headers=msg.headers() or None,  # type: ignore[arg-type]  # a Message gives a list of pairs
+                headers=_copied_headers(msg.headers()),  # type: ignore[arg-type]  # a Message gives a list
             )  # fmt: skip
             LATENCY.labels("queue").observe(prediction["latency"]["queue_ms"])
             LATENCY.labels("total").observe(prediction["latency"]["total_ms"])
@@ -346,6 +378,8 @@ class InferenceWorker:
                 FRESHNESS.observe(freshness / 1000)
             for name in batch.missing_names[i]:
                 MISSING.labels(name).inc()
+            for name in batch.out_of_range[i]:
+                OUT_OF_RANGE.labels(name).inc()
         REQUESTS.labels("scored").inc(len(good))
 
     def _abort(self) -> None:

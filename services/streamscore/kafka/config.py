@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from streamscore.kafka.partitioner import LIBRDKAFKA_NAMES
 from streamscore.settings import KafkaSettings
 
 __all__ = ["admin_config", "consumer_config", "producer_config"]
@@ -57,6 +58,7 @@ def producer_config(kafka: KafkaSettings, *, client_suffix: str = "producer", **
             "linger.ms": 2,
             "compression.type": "lz4",
             "delivery.timeout.ms": 120_000,
+            "partitioner": LIBRDKAFKA_NAMES[kafka.partitioner],
         }
     )
     conf.update(kafka.extra)

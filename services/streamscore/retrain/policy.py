@@ -7,7 +7,9 @@ flagging the same window are one observation, not a streak, and a quiet report f
 traffic does not break another worker's streak. After each retrain the policy holds off for ``cooldown_s``,
 so one shift does not trigger a retrain per report while the first is still training. Reports about another
 model version are skipped: they describe a model that no longer serves (or not yet), and a promotion starts
-new streaks.
+new streaks. A report whose window does not end after the last one seen from its worker is a copy (a
+worker re-sends its reports when a batch is retried after a partial delivery, and the retrainer reads them
+again after a failed commit) and is skipped, so it cannot count twice toward a streak.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class DriftPolicy:
     settings: RetrainSettings
     _streaks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _quiet_until: float = float("-inf")
+    _last_end: dict[str, datetime] = field(default_factory=dict)  # per worker: the newest window seen
 
     @property
     def streak(self) -> int:
@@ -63,9 +66,14 @@ class DriftPolicy:
 
     def observe(self, report: dict[str, Any], champion: str | None, now: float) -> Trigger | None:
         """Take one report; a Trigger when it completes a streak the policy retrains on."""
+        worker = report["worker"]
+        seen = self._last_end.get(worker)
+        if seen is not None and report["window_end"] <= seen:
+            return None
+        self._last_end[worker] = report["window_end"]
         if champion is None or report["model_version"] != champion:
             return None
-        streak = self._streaks.setdefault(report["worker"], [])
+        streak = self._streaks.setdefault(worker, [])
         if len(drifted_features(report)) < self.settings.min_drifted_features:
             streak.clear()
             return None
@@ -76,6 +84,6 @@ class DriftPolicy:
         if (last["window_end"] - first["window_start"]).total_seconds() < self.settings.min_duration_s:
             return None
         features = tuple(dict.fromkeys(f for r in streak for f in drifted_features(r)))
-        trigger = Trigger(champion, report["worker"], len(streak), first["window_start"], last["window_end"], features)
+        trigger = Trigger(champion, worker, len(streak), first["window_start"], last["window_end"], features)
         self._streaks.clear()
         return trigger

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from streamscore.errors import StreamscoreError
-from streamscore.kafka import Consumer, DeadLetterPublisher, Producer, ensure_topics
+from streamscore.kafka import Consumer, DeadLetterPublisher, DeliveryError, Producer, ensure_topics
 from streamscore.models.registry import Registry
 from streamscore.retrain.history import KIND_TAG
 from streamscore.retrain.metrics import DECISIONS, LAST_DECISION, STREAK
@@ -166,10 +166,28 @@ class Retrainer:
             self._champion = (float("-inf"), None)
         STREAK.set(self.policy.streak)
         if self._held and (self.policy.streak == 0 or len(self._held) >= _MAX_HELD):
-            self.producer.flush()  # dead letters acknowledged before their offsets are committed
-            self.consumer.commit(self._held)
-            self._held = []
+            self._commit()
         return trigger
+
+    def _commit(self) -> None:
+        """Dead letters acknowledged, then the offsets committed. A broker that fails either costs a retry,
+        never the service: undelivered dead letters mean reading the held reports again (the policy ignores
+        the ones it has seen), a failed commit is tried again next round."""
+        try:
+            self.producer.flush()
+        except DeliveryError as exc:
+            log.warning("dead letters not delivered (%s); reading %d reports again", exc, len(self._held))
+            self._rewind(self._held)
+            self._held = []
+            self._stop.wait(_REGISTRY_BACKOFF_S)
+            return
+        try:
+            self.consumer.commit(self._held)
+        except KafkaException as exc:
+            log.warning("commit of %d drift reports failed (%s); trying again next round", len(self._held), exc)
+            self._stop.wait(_REGISTRY_BACKOFF_S)
+            return
+        self._held = []
 
     def _rewind(self, messages: list[Any]) -> None:
         """Seek each partition back to the first of ``messages`` on it, so the next poll returns them again."""
