@@ -14,7 +14,7 @@ DURATION ?= 60s
 OUT ?= loadtest/results
 CLASSES ?= ScoreRequestUser
 
-.PHONY: help install system-deps venv jars up down status test lint fmt demo bench loadtest clean
+.PHONY: help install system-deps venv jars up down status test lint fmt demo bench soak loadtest clean
 
 help:
 	@echo "make install  - Debian packages, .venv with streamscore[dev], Kafka jars"
@@ -24,6 +24,7 @@ help:
 	@echo "make loadtest - Locust through Kafka against running workers (USERS, RATE, DURATION)"
 	@echo "make lint     - ruff + mypy"
 	@echo "make bench    - benchmarks (results to paste into BENCHMARKS.md)"
+	@echo "make soak     - the chaos soak: faults and bad input under load, then one verdict (DURATION=10m)"
 
 install: system-deps venv jars
 
@@ -92,6 +93,10 @@ loadtest: venv
 
 bench: install
 	$(BIN)/python -m tests.benchmarks
+
+# The chaos soak on its own stack (RELIABILITY.md) for DURATION (60s unless given; `make test` runs 60s too).
+soak: install
+	STREAMSCORE_SOAK_DURATION=$(DURATION) $(BIN)/pytest -s tests/soak
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -136,7 +136,11 @@ def accepted_events(frame: pd.DataFrame, rules_lag_ms: int) -> pd.DataFrame:
     f["time_ms"] = (pd.to_datetime(f["event_time"], utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(
         milliseconds=1
     )
-    valid = f["amount"].notna() & np.isfinite(f["amount"]) & (f["amount"] >= 0) & (f["time_ms"] < now_ms + 300_000)
+    valid = f["amount"].notna() & np.isfinite(f["amount"]) & (f["amount"] >= 0) & (f["amount"] <= 10_000_000)
+    valid &= f["time_ms"] < now_ms + 300_000
+    for key in ("event_id", "user_id", "merchant_id"):
+        ids = f[key].astype(str)
+        valid &= f[key].notna() & (ids.str.len().between(1, 128)) & ~ids.str.contains(r"[\x00-\x1f\x7f-\x9f]")
     f = f[valid]
     f = f[~f.duplicated("event_id", keep="first")]
     previous_max = f.groupby("user_id")["time_ms"].transform(lambda s: s.cummax().shift(1))
