@@ -181,12 +181,15 @@ def test_a_request_that_cannot_be_scored_is_dead_lettered_and_the_rest_are_score
     assert _count_dead_letters(served, "scoring-failed") - dead_before == 10  # every 6th of 60 requests
 
 
-def _dead_letter_messages(s: Settings, wanted: int, timeout_s: float = 30) -> list[Any]:
+def _dead_letter_messages(s: Settings, marks: list[bytes], timeout_s: float = 30) -> list[Any]:
+    """The dead letters whose original key or value holds one of ``marks`` (other tests share the topic)."""
     out: list[Any] = []
     with Consumer(s.kafka, f"dlq-{uuid.uuid4().hex}", [s.topics.dead_letters]) as consumer:
         deadline = time.monotonic() + timeout_s
-        while len(out) < wanted and time.monotonic() < deadline:
-            out.extend(consumer.poll_batch(100, 0.3))
+        while len(out) < len(marks) and time.monotonic() < deadline:
+            for m in consumer.poll_batch(100, 0.3):
+                if any(mark in (m.key() or b"") + (m.value() or b"") for mark in marks):
+                    out.append(m)
     return out
 
 
@@ -206,13 +209,14 @@ def test_no_input_wedges_the_worker_or_is_published_as_a_verdict(served: Setting
     far = dict(base[1], request_id=f"r-far-{uuid.uuid4().hex}", amount=5_000_000.0)
     bad = {
         "user-id-control-character": dict(base[2], request_id=f"r-nul-{uuid.uuid4().hex}", user_id="u-\0-x"),
-        "request-id-too-long": dict(base[3], request_id="r" * 200),
+        "request-id-too-long": dict(base[3], request_id=f"r-long-{uuid.uuid4().hex}" + "r" * 200),
         "amount-too-large": dict(base[4], request_id=f"r-huge-{uuid.uuid4().hex}", amount=1e300),
         "score-not-finite": dict(base[5], request_id=f"r-nan-{uuid.uuid4().hex}", user_id=inf_user),
     }
     oversized = b"\xff" * 1_046_500
     big = Producer(served.kafka, **{"message.max.bytes": 2_000_000})
-    big.send(served.topics.score_requests, oversized, key=b"big", headers=[("trace", b"t" * 2000)])
+    big_key = f"big-{uuid.uuid4().hex}".encode()
+    big.send(served.topics.score_requests, oversized, key=big_key, headers=[("trace", b"t" * 2000)])
     big.flush()
     _send(served, [*bad.values(), far, *base])
     seen = _predictions(served, {r["request_id"] for r in [far, *base]})
@@ -221,7 +225,7 @@ def test_no_input_wedges_the_worker_or_is_published_as_a_verdict(served: Setting
     assert "req_amount_to_user_mean_24h" in by_id[far["request_id"]]["out_of_range"]
     assert by_id[far["request_id"]]["score"] == by_id[far["request_id"]]["score"]  # a number
 
-    messages = _dead_letter_messages(served, len(bad) + 1)
+    messages = _dead_letter_messages(served, [r["request_id"].encode() for r in bad.values()] + [big_key])
     cut = [m for m in messages if dict(m.headers()).get("streamscore.error.original-size") == b"1046500"]
     assert len(cut) == 1, [dict(m.headers()) for m in messages]
     assert sorted(read_dead_letter(m).reason for m in messages if m not in cut) == sorted(bad)

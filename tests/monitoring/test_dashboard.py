@@ -59,6 +59,12 @@ _SUFFIXES = {
 # Labelled metrics that only get a sample from a failure or a retrain, which this test does not provoke: for
 # these the name must be declared (HELP/TYPE) by a service, not sampled.
 NOT_PROVOKED = {
+    "streamscore_dead_letters_truncated_total",  # only a dead letter over the broker's size limit
+    "streamscore_features_online_store_waits_total",  # only while Redis is down or out of memory
+    "streamscore_features_registry_waits_total",  # only while the schema registry is down
+    "streamscore_features_resynced_entities_total",  # only after the online store lost data
+    "streamscore_inference_headers_dropped_total",  # only a request with over 16 KiB of headers
+    "streamscore_inference_out_of_range_inputs_total",  # only an input far outside the training data
     "streamscore_features_beyond_state_events_total",  # only after a rebuild or an eviction
     "streamscore_features_evicted_entities_total",  # only after a day of idleness
     "streamscore_features_rebuilding",

@@ -52,6 +52,7 @@ def _prediction() -> dict[str, Any]:
         "model_version": "3",
         "feature_freshness_ms": 1500,
         "missing_features": ["merchant_7d_chargebacks"],
+        "out_of_range": ["req_amount_to_user_mean_24h"],
         "latency": {"queue_ms": 2.5, "features_ms": 1.25, "inference_ms": 0.75, "total_ms": 45.0},
         "request_time": _T0,
         "scored_at": _T1,
