@@ -159,3 +159,111 @@ def test_seconds_since_previous_is_bounded_by_the_ring(gap_tiles: int, known: bo
     assert _close(out[1, col], want)
     if known:
         assert out[1, col] == (gap_tiles * 60_000 - 30_000) / 1000.0
+
+
+def _wide_plan(slide: timedelta) -> ViewPlan:
+    aggs = [
+        SimpleNamespace(column="amount", function=fn, time_window=w, slide_interval=slide, name=f"{fn}_{label}")
+        for label, w in WINDOWS.items()
+        for fn in ("sum", "mean")
+    ]
+    ring = SimpleNamespace(column="amount", function="count", time_window=timedelta(hours=2), slide_interval=slide)
+    ring.name = "ring"
+    return compile_view("v", "entity", [*aggs, ring])
+
+
+def _wide_events(seed: int) -> pd.DataFrame:
+    """``_events`` with amounts log-uniform over 1e-2 ... 1e12, plus entities where huge amounts leave the
+    windows while small ones stay: ``x`` one 1e12, ``y`` one 1e20, ``z`` +1e12 and -1e12 tiles apart (they
+    leave a 10 s slide's windows in the same step, when the running sum had already cancelled them)."""
+    rng = np.random.default_rng(seed)
+    events = _events(seed, n=1500)
+    events["amount"] = 10.0 ** rng.uniform(-2, 12, len(events))
+    t0 = int(events["time_ms"].min())
+    spikes = []
+    for entity, huge in [("x", [1e12]), ("y", [1e20]), ("z", [1e12, -1e12])]:
+        small = t0 + 60_000 + 37_000 * np.arange(240)  # 37 s apart for ~2.5 h: past every window's end
+        spikes.append(
+            pd.DataFrame(
+                {
+                    "entity": entity,
+                    "time_ms": np.concatenate([t0 + 5_000 + 20_000 * np.arange(len(huge)), small]),
+                    "amount": np.concatenate([huge, rng.choice([0.01, 0.02, 0.03, 12.5], len(small))]),
+                    "merchant": "m0",
+                }
+            )
+        )
+    extra = pd.concat(spikes, ignore_index=True)
+    # In arrival order: each spike event after the random events with an earlier time.
+    position = np.searchsorted(np.maximum.accumulate(events["time_ms"].to_numpy()), extra["time_ms"]) - 0.5
+    order = np.argsort(np.concatenate([np.arange(len(events)), position]), kind="stable")
+    return pd.concat([events, extra], ignore_index=True).iloc[order].reset_index(drop=True)
+
+
+def _assert_sums_within_float64_error(
+    plan: ViewPlan, events: pd.DataFrame, magnitudes: pd.DataFrame, entity: str, t_ms: int, got: np.ndarray
+) -> None:
+    """Each sum and mean equals the reference within 1e-9 of the same feature over the absolute amounts in
+    the window: summing n doubles errs by at most ~n·2⁻⁵³ of that, whatever amounts left the window before."""
+    want = reference_at(plan, events, entity, t_ms)
+    scale = reference_at(plan, magnitudes, entity, t_ms)
+    for f, name in enumerate(plan.feature_names):
+        if name == "ring":
+            continue
+        assert (np.isnan(got[f]) and np.isnan(want[name])) or abs(got[f] - want[name]) <= 1e-9 * scale[name], (
+            entity, t_ms, name, got[f], want[name], scale[name],
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("slide", SLIDES)
+@pytest.mark.parametrize("path", ["stream", "batch"])
+def test_sums_stay_exact_when_large_amounts_leave_the_window(path: str, slide: str) -> None:
+    """Running sums add entering tiles and subtract leaving ones: after (1e12 + 0.01 + 0.02) - 1e12 only
+    ~0.03 ± 1e-4 would remain, after (1e20 + 12.5) - 1e20 nothing."""
+    plan = _wide_plan(SLIDES[slide])
+    events = _wide_events(seed=zlib.crc32(slide.encode()))
+    magnitudes = events.assign(amount=events["amount"].abs())
+    state = ViewState(plan, capacity=2)
+    if path == "stream":
+        for part in np.array_split(np.arange(len(events)), 40):
+            state.apply(*_inputs(state, events.iloc[part]))
+            seen = events.iloc[: part[-1] + 1]
+            rows = state.entity_rows(sorted(seen["entity"].unique()))
+            got = state.read(rows)
+            for i, row in enumerate(rows):
+                entity = state.ids[int(row)]
+                assert entity is not None
+                _assert_sums_within_float64_error(plan, seen, magnitudes, entity, int(state.max_t[row]), got[i])
+        return
+    ordered = events.sort_values(["entity", "time_ms"], kind="stable").reset_index(drop=True)
+    out, status = state.apply_and_read(*_inputs(state, ordered))
+    assert (status == 0).all()
+    last = ~ordered.duplicated(["entity", "time_ms"], keep="last")
+    for i in np.nonzero(last.to_numpy())[0][::3]:
+        entity, t = ordered.at[i, "entity"], int(ordered.at[i, "time_ms"])
+        _assert_sums_within_float64_error(plan, events, magnitudes, entity, t, out[i])
+
+
+@pytest.mark.parametrize("restored", [False, True], ids=["live", "restored"])
+def test_a_small_sum_is_exact_after_a_huge_amount_left(restored: bool) -> None:
+    """The issue's examples, read after the huge amount's tile left the 5 min window; ``restored`` packs the
+    state while the huge amount is inside (the packed sum is rounded) and goes on from the restored copy."""
+    plan = _wide_plan(SLIDES["1m"])
+    t0 = 1_700_000_000_000
+    events = pd.DataFrame(
+        {
+            "entity": ["a", "a", "a", "b", "b"],
+            "time_ms": [t0, t0 + 120_000, t0 + 180_000, t0, t0 + 120_000],
+            "amount": [1e12, 0.01, 0.02, 1e20, 12.5],
+        }
+    )
+    later = pd.DataFrame({"entity": ["a", "b"], "time_ms": [t0 + 300_000] * 2, "amount": [0.0, 0.0]})
+    state = ViewState(plan)
+    state.apply(*_inputs(state, events))
+    if restored:
+        copy = ViewState(plan)
+        copy.restore(["a", "b"], state.pack(["a", "b"]))
+        state = copy
+    state.apply(*_inputs(state, later))
+    got = state.read(state.entity_rows(["a", "b"]))[:, plan.feature_names.index("sum_5m")]
+    assert got.tolist() == [0.01 + 0.02, 12.5]

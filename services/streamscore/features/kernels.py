@@ -10,7 +10,7 @@ proportional to the *non-empty* tiles inside the ring plus a fixed per-entity pa
 - per entity row (arrays indexed by row): ``cur_k`` (newest tile id, -1 when none), ``max_t``/``prev_t``
   (newest and second newest event times), ``seen_max`` (the lateness watermark), ``applied`` (highest
   source offset applied, -1 when none), ``dirty``, one *running* aggregate per window (``r_cnt[E,J]``,
-  ``r_sum/r_min/r_max[E,J,C]``), and a descriptor ``(block start, size class, head, length)`` for each of
+  ``r_sum/r_err/r_min/r_max[E,J,C]``), and a descriptor ``(block start, size class, head, length)`` for each of
   its three variable-size tables;
 - pools shared by all entities of the view, one per table kind: tiles (``k``, ``cnt``, ``sum[C]``,
   ``min[C]``, ``max[C]``), distinct values (value hash, last tile seen) and event ids (id hash, event time).
@@ -30,8 +30,16 @@ When the entity's newest tile moves forward, the tiles that fall out of each win
 sum) and min/max are rescanned only if a leaving tile held the extreme; the leaving tiles are found by a
 binary search of the sorted deque. So applying an event and reading all windows both cost O(J·C) amortized
 (plus O(log tiles) per window), whatever the window length: that is what lets the backfill emit a row per
-event. Sums are float64: subtraction leaves rounding residue of ~1e-12 relative, so a window that empties is
-reset to exactly 0.
+event. Running sums are compensated (Neumaier): each window keeps beside ``r_sum`` the low-order part that
+additions and subtractions rounded away (``r_err``), and reads ``r_sum + r_err``. Without it a small sum left
+after a huge amount leaves is lost to rounding (``(1e20 + 12.5) - 1e20 == 0``; ``1e12 + 0.01 + 0.02 - 1e12``
+keeps ~1e-4 of error); with it the error stays within a few ulps of the window's *current* magnitude plus
+~n·2⁻¹⁰⁶ of everything that passed through, at two floats per window and column and O(1) per event (the
+alternative, recomputing a window from its tiles when the running value has lost precision, costs the
+window's tile count and needs a trigger that knows how much was lost). A window that empties is reset to
+exactly 0. The windows add and subtract each tile's rounded sum (not the event's value), so a tile leaves
+exactly what it brought. Packed rows store the rounded ``r_sum + r_err``; a restore recomputes both from
+the tiles.
 
 count_distinct is exact: per entity, the distinct values with the tile they were last seen in; entries older
 than the longest distinct window are dropped when the table fills. A user visits few merchants an hour, so
@@ -257,10 +265,11 @@ def _first_after(desc, p_k, e, x):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _reset_window(r_cnt, r_sum, r_min, r_max, e, j):  # type: ignore[no-untyped-def]
+def _reset_window(r_cnt, r_sum, r_err, r_min, r_max, e, j):  # type: ignore[no-untyped-def]
     r_cnt[e, j] = 0
     for c in range(r_sum.shape[2]):
         r_sum[e, j, c] = 0.0
+        r_err[e, j, c] = 0.0
     for c in range(r_min.shape[2]):
         r_min[e, j, c] = np.inf
     for c in range(r_max.shape[2]):
@@ -268,9 +277,20 @@ def _reset_window(r_cnt, r_sum, r_min, r_max, e, j):  # type: ignore[no-untyped-
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _add_sum(r_sum, r_err, e, j, c, x):  # type: ignore[no-untyped-def]
+    """Compensated ``r_sum += x`` (Neumaier's summation): the low-order part the addition rounds away goes to ``r_err``
+    (see the module doc on sums)."""
+    s = r_sum[e, j, c]
+    t = s + x
+    z = t - s  # Knuth's TwoSum: branch-free, exact whatever the magnitudes
+    r_err[e, j, c] += (s - (t - z)) + (x - z)
+    r_sum[e, j, c] = t
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _advance(e, k_new, n_tiles, windows, ent, tiles, t_meta):  # type: ignore[no-untyped-def]
     """Move entity ``e``'s newest tile to ``k_new``: expire what leaves each window, pop what leaves the ring."""
-    cur_k, r_cnt, r_sum, r_min, r_max, t_desc = ent[0], ent[6], ent[7], ent[8], ent[9], ent[10]
+    cur_k, r_cnt, r_sum, r_min, r_max, t_desc, r_err = ent[0], ent[6], ent[7], ent[8], ent[9], ent[10], ent[13]
     p_k, p_cnt, p_sum, p_min, p_max = tiles
     k_old = cur_k[e]
     n = t_desc[e, LEN]
@@ -281,7 +301,7 @@ def _advance(e, k_new, n_tiles, windows, ent, tiles, t_meta):  # type: ignore[no
                 continue  # empty: nothing leaves (an empty window is always in its reset state)
             w = windows[j]
             if k_new - k_old >= w:
-                _reset_window(r_cnt, r_sum, r_min, r_max, e, j)
+                _reset_window(r_cnt, r_sum, r_err, r_min, r_max, e, j)
                 continue
             last_out = k_new - w  # tiles up to this id leave window j
             if oldest > last_out:
@@ -294,7 +314,7 @@ def _advance(e, k_new, n_tiles, windows, ent, tiles, t_meta):  # type: ignore[no
                     break
                 r_cnt[e, j] -= p_cnt[s]
                 for c in range(r_sum.shape[2]):
-                    r_sum[e, j, c] -= p_sum[s, c]
+                    _add_sum(r_sum, r_err, e, j, c, -p_sum[s, c])
                 for c in range(r_min.shape[2]):
                     if p_min[s, c] <= r_min[e, j, c]:
                         rescan = True
@@ -303,7 +323,7 @@ def _advance(e, k_new, n_tiles, windows, ent, tiles, t_meta):  # type: ignore[no
                         rescan = True
                 q += 1
             if r_cnt[e, j] == 0:
-                _reset_window(r_cnt, r_sum, r_min, r_max, e, j)
+                _reset_window(r_cnt, r_sum, r_err, r_min, r_max, e, j)
             elif rescan:
                 for c in range(r_min.shape[2]):
                     r_min[e, j, c] = np.inf
@@ -347,8 +367,8 @@ def _apply_one(i, e, t, values, dv, cfg, ent, tiles, t_meta, dpool, need):  # ty
     Everything that may stop for space (a larger tile block, distinct table room) happens before the event
     changes anything but what a rerun redoes identically (advancing, popping, compacting)."""
     slide_ms, n_tiles, windows, horizon = cfg
-    cur_k, max_t, prev_t, dirty, r_cnt, r_sum, r_min, r_max, t_desc, d_desc = (
-        ent[0], ent[1], ent[2], ent[5], ent[6], ent[7], ent[8], ent[9], ent[10], ent[11],
+    cur_k, max_t, prev_t, dirty, r_cnt, r_sum, r_min, r_max, t_desc, d_desc, r_err = (
+        ent[0], ent[1], ent[2], ent[5], ent[6], ent[7], ent[8], ent[9], ent[10], ent[11], ent[13],
     )  # fmt: skip
     p_k, p_cnt, p_sum, p_min, p_max = tiles
     d_val, d_last, d_meta = dpool
@@ -410,7 +430,21 @@ def _apply_one(i, e, t, values, dv, cfg, ent, tiles, t_meta, dpool, need):  # ty
     s = _phys(t_desc, e, pos)
     p_cnt[s] += 1
     for c in range(p_sum.shape[1]):
-        p_sum[s, c] += values[i, c]
+        x = values[i, c]
+        old = p_sum[s, c]
+        new = old + x
+        p_sum[s, c] = new
+        # The windows follow the tile's rounded sum, not the event's value: what they subtract when the tile
+        # leaves is then exactly what they added (module doc on sums). ``new - old`` is exact when ``old`` is 0
+        # or ``|old| >= |x|`` (Fast2Sum): one compensated add; otherwise add ``new`` and take ``old`` away.
+        exact = old == 0.0 or abs(old) >= abs(x)
+        for j in range(windows.shape[0]):
+            if k > ck - windows[j]:
+                if exact:
+                    _add_sum(r_sum, r_err, e, j, c, new - old)
+                else:
+                    _add_sum(r_sum, r_err, e, j, c, new)
+                    _add_sum(r_sum, r_err, e, j, c, -old)
     for c in range(p_min.shape[1]):
         p_min[s, c] = min(p_min[s, c], values[i, c])
     for c in range(p_max.shape[1]):
@@ -418,8 +452,6 @@ def _apply_one(i, e, t, values, dv, cfg, ent, tiles, t_meta, dpool, need):  # ty
     for j in range(windows.shape[0]):
         if k > ck - windows[j]:
             r_cnt[e, j] += 1
-            for c in range(r_sum.shape[2]):
-                r_sum[e, j, c] += values[i, c]
             for c in range(r_min.shape[2]):
                 r_min[e, j, c] = min(r_min[e, j, c], values[i, c])
             for c in range(r_max.shape[2]):
@@ -466,8 +498,8 @@ def apply_events(start, rows, times, values, distinct, offsets, cfg, ent, tiles,
 @njit(cache=True, nogil=True, inline="always")
 def _read_one(i, e, rcfg, ent, dpool, out):  # type: ignore[no-untyped-def]
     kinds, cols, wins, dwins, slide_ms, n_tiles = rcfg
-    cur_k, max_t, prev_t, r_cnt, r_sum, r_min, r_max, d_desc = (
-        ent[0], ent[1], ent[2], ent[6], ent[7], ent[8], ent[9], ent[11],
+    cur_k, max_t, prev_t, r_cnt, r_sum, r_min, r_max, d_desc, r_err = (
+        ent[0], ent[1], ent[2], ent[6], ent[7], ent[8], ent[9], ent[11], ent[13],
     )  # fmt: skip
     d_last = dpool[1]
     for f in range(kinds.shape[0]):
@@ -477,9 +509,9 @@ def _read_one(i, e, rcfg, ent, dpool, out):  # type: ignore[no-untyped-def]
         if kind == F_COUNT:
             out[i, f] = r_cnt[e, j]
         elif kind == F_SUM:
-            out[i, f] = r_sum[e, j, c] if r_cnt[e, j] > 0 else 0.0
+            out[i, f] = r_sum[e, j, c] + r_err[e, j, c] if r_cnt[e, j] > 0 else 0.0
         elif kind == F_MEAN:
-            out[i, f] = r_sum[e, j, c] / r_cnt[e, j] if r_cnt[e, j] > 0 else np.nan
+            out[i, f] = (r_sum[e, j, c] + r_err[e, j, c]) / r_cnt[e, j] if r_cnt[e, j] > 0 else np.nan
         elif kind == F_MIN:
             out[i, f] = r_min[e, j, c] if r_cnt[e, j] > 0 else np.nan
         elif kind == F_MAX:
@@ -599,7 +631,7 @@ def dedup_events(start, rows, hashes, times, allowed_lag_ms, seen_max, dirty, q_
 
 @njit(cache=True, nogil=True)
 def _clear_row(e, ent, t_link, t_meta, dpool, qpool):  # type: ignore[no-untyped-def]
-    cur_k, max_t, prev_t, seen_max, applied, dirty, r_cnt, r_sum, r_min, r_max, t_desc, d_desc, q_desc = ent
+    cur_k, max_t, prev_t, seen_max, applied, dirty, r_cnt, r_sum, r_min, r_max, t_desc, d_desc, q_desc, r_err = ent
     cur_k[e] = -1
     max_t[e] = NO_TIME
     prev_t[e] = NO_TIME
@@ -607,7 +639,7 @@ def _clear_row(e, ent, t_link, t_meta, dpool, qpool):  # type: ignore[no-untyped
     applied[e] = -1
     dirty[e] = 0
     for j in range(r_cnt.shape[1]):
-        _reset_window(r_cnt, r_sum, r_min, r_max, e, j)
+        _reset_window(r_cnt, r_sum, r_err, r_min, r_max, e, j)
     _free_table(t_link, t_meta, t_desc, e)
     _free_table(dpool[0], dpool[2], d_desc, e)
     _free_table(qpool[0], qpool[2], q_desc, e)
@@ -695,7 +727,7 @@ def pack_sizes(rows, horizon, ent, d_last, sizes):  # type: ignore[no-untyped-de
 @njit(cache=True, nogil=True)
 def pack_rows(rows, offsets, layout, fingerprint, horizon, ent, tiles, dpool, qpool, buf, fbuf):  # type: ignore[no-untyped-def]
     """Write row ``rows[i]`` at ``buf[offsets[i]:offsets[i + 1]]``; ``fbuf`` is ``buf`` viewed as float64."""
-    cur_k, max_t, prev_t, seen_max, applied, _, r_cnt, r_sum, r_min, r_max, t_desc, d_desc, q_desc = ent
+    cur_k, max_t, prev_t, seen_max, applied, _, r_cnt, r_sum, r_min, r_max, t_desc, d_desc, q_desc, r_err = ent
     p_k, p_cnt, p_sum, p_min, p_max = tiles
     d_val, d_last = dpool[0], dpool[1]
     q_hash, q_time = qpool[0], qpool[1]
@@ -720,7 +752,7 @@ def pack_rows(rows, offsets, layout, fingerprint, horizon, ent, tiles, dpool, qp
             buf[w] = r_cnt[e, j]
             w += 1
             for c in range(r_sum.shape[2]):
-                fbuf[w] = r_sum[e, j, c]
+                fbuf[w] = r_sum[e, j, c] + r_err[e, j, c]
                 w += 1
             for c in range(r_min.shape[2]):
                 fbuf[w] = r_min[e, j, c]
@@ -766,7 +798,7 @@ def pack_rows(rows, offsets, layout, fingerprint, horizon, ent, tiles, dpool, qp
 def restore_rows(start, rows, offsets, ent, tiles, t_meta, dpool, qpool, buf, fbuf, need):  # type: ignore[no-untyped-def]
     """Overwrite row ``rows[i]`` from ``buf[offsets[i]:]`` (validated by the caller), for ``i >= start``;
     returns the index to resume from after growing the pool ``need`` names."""
-    cur_k, max_t, prev_t, seen_max, applied, _, r_cnt, r_sum, r_min, r_max, t_desc, d_desc, q_desc = ent
+    cur_k, max_t, prev_t, seen_max, applied, _, r_cnt, r_sum, r_min, r_max, t_desc, d_desc, q_desc, r_err = ent
     p_k, p_cnt, p_sum, p_min, p_max = tiles
     d_val, d_last, d_meta = dpool
     q_hash, q_time, q_meta = qpool
@@ -831,6 +863,19 @@ def restore_rows(start, rows, offsets, ent, tiles, t_meta, dpool, qpool, buf, fb
                 p_max[blk + q, c] = fbuf[w]
                 w += 1
         t_desc[e, LEN] = n_t
+        # Each window's sum again from its tiles, compensated: the packed value is rounded, and a huge tile
+        # leaving later would leave that rounding behind. A window holds the newest tiles whose counts add
+        # up to its count.
+        for j in range(r_cnt.shape[1]):
+            for c in range(r_sum.shape[2]):
+                r_sum[e, j, c] = r_err[e, j, c] = 0.0
+            left = r_cnt[e, j]
+            q = n_t - 1
+            while left > 0 and q >= 0:
+                left -= p_cnt[blk + q]
+                for c in range(r_sum.shape[2]):
+                    _add_sum(r_sum, r_err, e, j, c, p_sum[blk + q, c])
+                q -= 1
         blk = d_desc[e, BLK]
         for q in range(n_d):
             d_val[blk + q] = buf[w]

@@ -56,6 +56,7 @@ class ViewState:
     dirty: npt.NDArray[np.uint8]
     r_cnt: I64
     r_sum: F64
+    r_err: F64  # the compensation of each r_sum (Neumaier): the value is r_sum + r_err
     r_min: F64
     r_max: F64
     t_desc: I32
@@ -137,6 +138,7 @@ class ViewState:
             ("dirty", (), np.uint8, 0),
             ("r_cnt", (j,), np.int64, 0),
             ("r_sum", (j, self._n_sum), np.float64, 0.0),
+            ("r_err", (j, self._n_sum), np.float64, 0.0),
             ("r_min", (j, self._n_min), np.float64, np.inf),
             ("r_max", (j, self._n_max), np.float64, -np.inf),
             ("t_desc", (4,), np.int32, desc),
@@ -189,7 +191,7 @@ class ViewState:
     def _ent(self) -> tuple[Any, ...]:
         return (
             self.cur_k, self.max_t, self.prev_t, self.seen_max, self.applied, self.dirty, self.r_cnt, self.r_sum,
-            self.r_min, self.r_max, self.t_desc, self.d_desc, self.q_desc,
+            self.r_min, self.r_max, self.t_desc, self.d_desc, self.q_desc, self.r_err,
         )  # fmt: skip
 
     def _tiles(self) -> tuple[Any, ...]:
