@@ -66,7 +66,9 @@ def _main(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captu
         (["models", "show"], 2, "usage error: Missing argument 'version'"),
         (["features", "backfill", "--events", "/nope.parquet", "--start", "2026-01-01", "--end", "2026-01-02"], 2,
          "usage error: Invalid value for '--events': file '/nope.parquet' does not exist"),
-        (["report", "--since", "90"], 1, "error: '90' has no unit"),
+        (["report", "--since", "90"], 2, "usage error: Invalid value for '--since': '90' has no unit"),
+        (["features", "backfill", "--events", __file__, "--start", "yesterday", "--end", "now"], 2,
+         "usage error: Invalid value for '--start': cannot read 'yesterday' as a time"),
     ],
 )  # fmt: skip
 def test_a_mistake_is_one_line_and_a_failing_exit(

@@ -21,7 +21,6 @@ from streamscore.monitoring.report import (
     figure,
     figure_path,
     page,
-    parse_since,
     png_bytes,
     resolve_range,
 )
@@ -143,21 +142,6 @@ def test_explicit_range_wins_and_naive_times_are_utc() -> None:
         resolve_range(span, now, now - timedelta(minutes=1), now=now)
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("90s", timedelta(seconds=90)), ("30m", timedelta(minutes=30)), ("1h30m", timedelta(minutes=90)),
-     ("2d", timedelta(days=2))],
-)  # fmt: skip
-def test_parse_since(text: str, expected: timedelta) -> None:
-    assert parse_since(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", "soon", "-1h", "0s", "nat"])
-def test_parse_since_rejects(text: str) -> None:
-    with pytest.raises(ReportError, match="positive duration"):
-        parse_since(text)
-
-
 def test_figure_goes_beside_the_page() -> None:
     assert figure_path(Path("out/report.html")) == Path("out/report.png")
     assert figure_path(Path("out/report")) == Path("out/report.png")
@@ -174,10 +158,3 @@ def test_unreachable_prometheus_is_one_line(tmp_path: Path) -> None:
     assert str(caught.value).startswith(f"cannot reach Prometheus at {url}: ")
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "report.html").exists()
-
-
-@pytest.mark.parametrize("text", ["90", "1.5", " 30 "])
-def test_parse_since_wants_a_unit(text: str) -> None:
-    """A bare number used to be read as nanoseconds: an empty report and exit 0."""
-    with pytest.raises(ReportError, match="has no unit: say 90s"):
-        parse_since(text)

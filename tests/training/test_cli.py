@@ -95,6 +95,27 @@ def test_models_list_shows_versions_with_aliases_hashes_and_metrics(trained: Tra
         assert v["feature_service"] == "fraud_model_v1"
 
 
+def test_models_list_says_where_each_metric_was_measured_and_puts_the_champion_first(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """v1 once showed 0.9825 above champion v2's 0.9527 with nothing saying they were different windows."""
+    versions = invoke(trained.data_dir, "models", "list", "--json")
+    for v in versions:
+        assert [v["test_start"], v["test_end"]] == list(trained.first["windows"]["test"])
+    for name, value in env(trained.data_dir).items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(cli.app, ["models", "list"])  # not a terminal: rich's 80 columns
+    assert result.exit_code == 0, result.output
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    versions_shown = [line.removeprefix("version ") for line in lines if line.startswith("version ")]
+    assert versions_shown == ["1", "2"]  # the champion first, though v2 is newer; one record each
+    assert lines[lines.index("version 1") + 1] == f"aliases {CHAMPION}"  # never cut to "challen…"
+    start, end = (t[:16].replace("T", " ") for t in trained.first["windows"]["test"])
+    assert f"test window (UTC) {start} → {end}" in lines
+    assert "compare versions only on the same window" in " ".join(lines)
+
+
 def test_promote_moves_the_champion_and_rollback_moves_it_back(trained: Trained) -> None:
     assert champion_of(trained.data_dir) == 1
     promoted = invoke(trained.data_dir, "models", "promote", "2", "--json")

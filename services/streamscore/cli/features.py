@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from streamscore.cli.output import JsonFlag, console, emit, progress_bar, settings_of, show, utc
+from streamscore.cli.output import JsonFlag, console, emit, instant, progress_bar, settings_of, show, utc
 
 __all__ = ["features_app", "features_backfill"]
 
@@ -158,8 +158,8 @@ def features_backfill(
     events: Annotated[
         Path, typer.Option(exists=True, dir_okay=False, help="Parquet file of raw transactions, in arrival order.")
     ],
-    start: Annotated[datetime, typer.Option(help="First instant to write feature rows for (UTC).")],
-    end: Annotated[datetime, typer.Option(help="Last instant (UTC).")],
+    start: Annotated[datetime, instant("First instant to write feature rows for.")],
+    end: Annotated[datetime, instant("Last instant.")],
     materialize: Annotated[bool, typer.Option(help="Also write the values as of --end to the online store.")] = False,
     force: Annotated[bool, typer.Option(help="Replace existing tables even when no event falls in the range.")] = False,
     as_json: JsonFlag = False,

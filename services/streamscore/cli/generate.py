@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from streamscore.cli.output import console, progress_bar, settings_of, utc
+from streamscore.cli.output import console, instant, progress_bar, settings_of, utc
 
 __all__ = ["generate"]
 
@@ -25,12 +25,12 @@ def generate(
     fraud_rate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.01,
     start: Annotated[
         datetime | None,
-        typer.Option(
-            help="First event time (UTC). Default: the start that puts the last event just before now (the span"
-            " is measured on the stream, daily cycle included); with --realtime, now."
+        instant(
+            "First event time. Default: the start that puts the last event just before now (the span is measured"
+            " on the stream, daily cycle included); with --realtime, now."
         ),
     ] = None,
-    drift_at: Annotated[datetime | None, typer.Option(help="Distributions shift from this event time (UTC).")] = None,
+    drift_at: Annotated[datetime | None, instant("Distributions shift from this event time.")] = None,
     realtime: Annotated[
         bool,
         typer.Option(

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from streamscore.cli.output import JsonFlag, console, emit, progress_bar, settings_of, show, utc
+from streamscore.cli.output import JsonFlag, console, emit, instant, progress_bar, settings_of, show, utc
 
 __all__ = ["models_app", "models_train"]
 
@@ -20,8 +20,8 @@ models_app = typer.Typer(no_args_is_help=True, help="Training and the model regi
 def models_train(
     ctx: typer.Context,
     events: Annotated[Path, typer.Option(help="Parquet of labelled transactions (the generator's schema).")],
-    start: Annotated[datetime, typer.Option(help="First event time of the training range (UTC).")],
-    end: Annotated[datetime, typer.Option(help="End of the range (UTC, exclusive); the test window is its tail.")],
+    start: Annotated[datetime, instant("First event time of the training range.")],
+    end: Annotated[datetime, instant("End of the range (exclusive); the test window is its tail.")],
     model: Annotated[str, typer.Option(help="mlp (runs fully on CUDA) or gbt (gradient-boosted trees).")] = "mlp",
     seed: Annotated[int, typer.Option(min=0)] = 0,
     as_json: JsonFlag = False,
@@ -69,22 +69,32 @@ def models_train(
 
 
 def _versions_table(versions: list[Any]) -> Table:
-    table = Table("version", "aliases", "kind", "ROC-AUC", "PR-AUC", "sha256", "created", "artifact")
-    for v in versions:
+    """Champion first, then newest first. The metrics are each version's own test window, which differs
+    between versions trained on different ranges: the window is beside them, and the caption says so."""
+    table = Table(
+        "version", "aliases", "kind", "ROC-AUC", "PR-AUC", "test window (UTC)", "sha256", "created", "artifact",
+        caption="ROC-AUC and PR-AUC are measured on each version's own test window: compare versions only on the"
+        " same window (the gate compares a candidate with the champion on the candidate's).",
+        caption_justify="left",
+    )  # fmt: skip
+    for v in sorted(versions, key=lambda v: (not v.is_champion, -v.version)):
+        window = f"{v.test_start[:16]} → {v.test_end[:16]}" if v.test_start else "not recorded"
         table.add_row(
-            str(v.version), ",".join(v.aliases), v.kind, f"{v.metrics.get('test_roc_auc', float('nan')):.4f}",
-            f"{v.metrics.get('test_pr_auc', float('nan')):.4f}", v.sha256[:12], v.created_at[:19], v.artifact_uri,
+            f"[bold]{v.version}[/]" if v.is_champion else str(v.version), ",".join(v.aliases), v.kind,
+            f"{v.metrics.get('test_roc_auc', float('nan')):.4f}", f"{v.metrics.get('test_pr_auc', float('nan')):.4f}",
+            window.replace("T", " "), v.sha256[:12], v.created_at[:19], v.artifact_uri,
         )  # fmt: skip
     return table
 
 
 @models_app.command("list")
 def models_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """Registered versions, newest first, with aliases, sha256, artifact location and test metrics."""
+    """Registered versions (champion first, then newest; --json: newest first), with aliases, test metrics and
+    the window they were measured on, sha256 and artifact location."""
     from streamscore.models.registry import Registry
 
     versions = Registry(settings_of(ctx)).versions()
-    emit(as_json, [v.to_dict() for v in versions], lambda: _versions_table(versions))
+    emit(as_json, [v.to_dict() for v in versions], lambda: _versions_table(versions), records_when_narrow=True)
 
 
 @models_app.command("show")
@@ -102,7 +112,7 @@ def models_show(
             "gate": registry.read_json(version, "gate_report.json")}  # fmt: skip
 
     def human() -> str:
-        show(_versions_table([info]))
+        show(_versions_table([info]), records_when_narrow=True)
         lines = [f"features ({len(data['card']['features'])}): {', '.join(data['card']['features'])}"]
         lines += [f"  gate: {reason}" for reason in data["gate"].get("reasons", [])]
         return "\n".join(lines)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from streamscore.cli.output import JsonFlag, console, settings_of, utc
+from streamscore.cli.output import JsonFlag, console, duration, instant, settings_of, utc
 
 __all__ = ["report", "top"]
 
@@ -32,16 +32,16 @@ def report(
     out: Annotated[Path, typer.Option(help="HTML file to write (the figure also goes to a .png beside it).")] = Path(
         "streamscore-report.html"
     ),
-    since: Annotated[str | None, typer.Option(help="How far back, e.g. 30m, 1h, 2d (default: the last hour).")] = None,
-    start: Annotated[datetime | None, typer.Option(help="First instant (UTC); instead of --since.")] = None,
-    end: Annotated[datetime | None, typer.Option(help="Last instant (UTC); default now.")] = None,
+    since: Annotated[timedelta | None, duration("How far back, e.g. 30m, 1h, 2d (default: the last hour).")] = None,
+    start: Annotated[datetime | None, instant("First instant, instead of --since.")] = None,
+    end: Annotated[datetime | None, instant("Last instant; default now.")] = None,
 ) -> None:
     """An HTML report with plots: throughput, latency, freshness, drift per feature, retrains marked."""
-    from streamscore.monitoring.report import build_report, figure_path, parse_since
+    from streamscore.monitoring.report import build_report, figure_path
 
     if since is not None:
         if start is not None:
             raise typer.BadParameter("give --since or --start, not both")
-        start = datetime.now(tz=UTC) - parse_since(since)
+        start = datetime.now(tz=UTC) - since
     path = build_report(settings_of(ctx), out, utc(start) if start else None, utc(end) if end else None)
     console.print(f"wrote {path} and {figure_path(path)}")

@@ -54,6 +54,8 @@ TAG_SHA256: Final = "streamscore.sha256"
 TAG_KIND: Final = "streamscore.kind"
 TAG_DATA_START: Final = "streamscore.data_start"
 TAG_DATA_END: Final = "streamscore.data_end"
+TAG_TEST_START: Final = "streamscore.test_start"  # the window the version's test metrics were measured on
+TAG_TEST_END: Final = "streamscore.test_end"
 TAG_PROMOTED_AT: Final = "streamscore.promoted_at"
 TAG_PROMOTE_REASON: Final = "streamscore.promote_reason"
 TAG_ROLLED_BACK_AT: Final = "streamscore.rolled_back_at"
@@ -74,6 +76,8 @@ class VersionInfo:
     feature_service: str
     data_start: str
     data_end: str
+    test_start: str  # the window of its test metrics; empty for versions registered before it was recorded
+    test_end: str
     metrics: dict[str, float]
     created_at: str  # ISO 8601 UTC
     promoted: bool  # is champion now, or was promoted at some point
@@ -188,6 +192,8 @@ class Registry:
             feature_service=tags.get(TAG_FEATURE_SERVICE, ""),
             data_start=tags.get(TAG_DATA_START, ""),
             data_end=tags.get(TAG_DATA_END, ""),
+            test_start=tags.get(TAG_TEST_START, ""),
+            test_end=tags.get(TAG_TEST_END, ""),
             metrics=metrics,
             created_at="" if mv.creation_timestamp is None else _iso(moment(mv.creation_timestamp)),
             promoted=CHAMPION in alias_tuple or TAG_PROMOTED_AT in tags,
@@ -311,6 +317,8 @@ class Registry:
             TAG_DATA_END: card.data_end,
             TAG_FEATURE_SERVICE: card.feature_service,
         }
+        if "test" in card.windows:
+            version_tags[TAG_TEST_START], version_tags[TAG_TEST_END] = card.windows["test"]
         with self.tracking.errors(f"register a version of {self.name!r}"):
             mv = client.create_model_version(
                 self.name,

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 from matplotlib import dates as mdates
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -45,7 +44,6 @@ __all__ = [
     "figure",
     "figure_path",
     "page",
-    "parse_since",
     "png_bytes",
     "resolve_range",
 ]
@@ -87,23 +85,6 @@ class ReportData:
 
 
 # -- time range -----------------------------------------------------------------------------------------------
-
-
-def parse_since(text: str) -> timedelta:
-    """A look-back such as ``90s``, ``30m``, ``1h30m`` or ``2d`` (`report --since`).
-
-    >>> parse_since("1h30m")
-    datetime.timedelta(seconds=5400)
-    """
-    if text.strip().replace(".", "", 1).isdigit():  # pandas reads a bare number as nanoseconds
-        raise ReportError(f"{text!r} has no unit: say 90s, 15m, 2h or 1d")
-    try:
-        value: object = pd.Timedelta(text)  # a timedelta subclass; "" and "nat" parse, as NaT, which is not
-    except ValueError:
-        value = None
-    if not isinstance(value, timedelta) or value <= timedelta(0):
-        raise ReportError(f"cannot read {text!r} as a positive duration (examples: 90s, 30m, 1h30m, 2d)")
-    return timedelta(seconds=value.total_seconds())
 
 
 def _utc(moment: datetime) -> datetime:
