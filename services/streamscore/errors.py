@@ -11,6 +11,7 @@ The hierarchy, along an event's path, with the module that defines each class::
 
     StreamscoreError                    exit_code 1
     ├── ConfigError                     settings              exit_code 2: settings that cannot work
+    ├── TimespecError                   timespec              + ValueError; exit_code 2: a time or duration typed wrong
     ├── KafkaUnavailable                errors (kafka.topics) the brokers did not answer in time
     ├── ConsumerError                   kafka.consumer        + RuntimeError
     ├── DeliveryError                   kafka.producer        + RuntimeError: do not commit the inputs
