@@ -355,8 +355,8 @@ def test_init_builds_history_backfill_and_a_champion_once(tmp_path: Path) -> Non
     fields = ("events", "rate", "users", "merchants", "seed")
     history = GeneratorConfig(**{f: parquet[f] for f in fields}, start=start.replace(tzinfo=UTC))
     assert last_event_time(history) <= end.replace(tzinfo=UTC)
-    assert abs(datetime.now(UTC).replace(tzinfo=None) - end) < timedelta(minutes=5)  # naive UTC, from `date -u`
-    assert datetime.fromisoformat(train["start"]).tzinfo is None
+    assert end.utcoffset() == timedelta(0)  # `date -u` prints no offset: the command line reads it as UTC
+    assert abs(datetime.now(UTC) - end) < timedelta(minutes=5)
 
     rerun, calls = _run_init(tmp_path)  # a champion exists now: topics and registry only
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
