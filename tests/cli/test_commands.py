@@ -113,3 +113,19 @@ def test_a_backfill_that_matches_nothing_keeps_the_tables(
     assert "no event of" in err
     assert "pass --force" in err
     assert table.read_bytes() == b"the demo's table"
+
+
+def test_topics_list_shows_every_topic_whole_at_80_columns() -> None:
+    """It failed on the compacted state topics (no retention) and cut `transactions-by-mer…`."""
+    from streamscore.kafka import topic_specs
+    from streamscore.settings import Settings
+
+    result = CliRunner().invoke(app, ["topics", "list"])  # not a terminal: rich's 80 columns
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert max(map(len, text.splitlines())) <= 80
+    cells = "".join(line.split("│")[1].strip() for line in text.splitlines() if line.count("│") > 2)
+    for spec in topic_specs(Settings()):
+        assert spec.name in cells  # folded, never cut
+    assert "compacted" in text
+    assert "…" not in text

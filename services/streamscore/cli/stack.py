@@ -91,9 +91,11 @@ def topics_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     specs = topic_specs(settings_of(ctx))
 
     def human() -> Table:
-        table = Table("topic", "partitions", "retention (days)", "purpose")
+        table = Table("topic", "partitions", "retention", "purpose")
         for s in specs:
-            table.add_row(s.name, str(s.partitions), str(int(s.config["retention.ms"]) // 86_400_000), s.purpose)
+            days = int(s.config.get("retention.ms", 0)) / 86_400_000
+            kept = "compacted" if s.config.get("cleanup.policy") == "compact" else f"{days:g} d"
+            table.add_row(s.name, str(s.partitions), kept, s.purpose)
         return table
 
     emit(as_json, [s.__dict__ for s in specs], human)
