@@ -1,8 +1,8 @@
 """Run the benchmarks and print Markdown for BENCHMARKS.md (machine and date included).
 
 ``python -m tests.benchmarks`` runs every module; arguments select some (``features``, ``serde``, ``models``,
-``reader``, ``inference``, ``locust``, ``state``, ``cli``), and ``features:profile,backfill`` runs only those parts of
-the feature benchmarks.
+``reader``, ``inference``, ``locust``, ``state``, ``cli``, ``offline``), and ``features:profile,backfill`` runs
+only those parts of the feature benchmarks.
 Progress goes to stderr, the Markdown to stdout.
 """
 
@@ -53,6 +53,12 @@ def _state(parts: list[str] | None) -> str:
     return bench_state.run(parts)
 
 
+def _offline(parts: list[str] | None) -> str:
+    from tests.benchmarks import bench_offline
+
+    return bench_offline.run(parts)
+
+
 def _cli(parts: list[str] | None) -> str:
     from tests.benchmarks import bench_cli
 
@@ -68,6 +74,7 @@ def _locust(parts: list[str] | None) -> str:
 MODULES: dict[str, Callable[[list[str] | None], str]] = {
     "serde": _serde, "features": _features, "models": _models, "reader": _reader, "inference": _inference,
     "locust": _locust, "state": _state, "cli": _cli,
+    "offline": _offline,
 }  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from streamscore.store import (
     repo_config,
 )
 from streamscore.store.config import redis_connection_string, registry_path
+from streamscore.store.offline import STORE_TYPE
 
 pytestmark = [
     pytest.mark.integration,
@@ -60,7 +61,11 @@ def test_repo_config_follows_the_settings(tmp_path: Path) -> None:
     assert config.registry.cache_ttl_seconds == 60
     assert config.online_store.type == "redis"
     assert config.online_store.connection_string == "cache.internal:6390,db=3"
-    assert config.offline_store.type == "duckdb"
+    assert config.offline_store.type == STORE_TYPE  # the ASOF plugin; Feast's own DuckDB store on request:
+    plain = Settings(
+        redis={"url": "redis://cache.internal:6390/3"}, data_dir=tmp_path, training={"offline_store": "duckdb"}
+    )
+    assert repo_config(plain).offline_store.type == "duckdb"
     assert config.repo_path == REPO_PATH
 
 
@@ -98,7 +103,7 @@ def test_feast_env_makes_feature_store_yaml_equal_to_repo_config(
     assert from_yaml.registry.path == ours.registry.path == str(registry_path(s))
     assert from_yaml.online_store.connection_string == ours.online_store.connection_string
     assert from_yaml.entity_key_serialization_version == ours.entity_key_serialization_version == 3
-    assert from_yaml.offline_store.type == ours.offline_store.type == "duckdb"
+    assert from_yaml.offline_store.type == ours.offline_store.type == STORE_TYPE
 
 
 def test_feast_env_refuses_what_yaml_would_mangle(tmp_path: Path) -> None:

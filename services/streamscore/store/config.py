@@ -67,6 +67,11 @@ DEFINITIONS = REPO_PATH / "definitions.py"
 # `apply` while keeping that re-read off all but one request a minute.
 REGISTRY_CACHE_TTL_S = 60
 
+# `training.offline_store` to Feast's `offline_store: type:`. The two differ only in get_historical_features (the
+# ASOF store is Feast's DuckDB store otherwise), which is why feature_store.yaml, for the CLI, can name one for all.
+# Named, not imported: Feast imports the store (and ibis, ~0.4 s) when a RepoConfig is built, not on import here.
+OFFLINE_STORE_TYPES = {"asof": "streamscore.store.offline.AsofDuckDBOfflineStore", "duckdb": "duckdb"}
+
 _EXPERIMENTAL = r"(Stream|Batch) feature views are experimental"
 # ibis (Feast's DuckDB offline store) still calls a DuckDB 2 method that warns; harmless, and not ours to fix.
 _IBIS_DUCKDB = r"fetch_arrow_table\(\) is deprecated"
@@ -134,7 +139,7 @@ def repo_config(settings: Settings) -> RepoConfig:
         provider="local",
         registry=RegistryConfig(registry_type="file", path=str(path), cache_ttl_seconds=REGISTRY_CACHE_TTL_S),
         online_store={"type": "redis", "connection_string": redis_connection_string(settings.redis)},
-        offline_store={"type": "duckdb"},
+        offline_store={"type": OFFLINE_STORE_TYPES[settings.training.offline_store]},
         entity_key_serialization_version=3,
         repo_path=REPO_PATH,
     )

@@ -1,0 +1,176 @@
+"""Training-set joins: ``get_historical_features`` of ``fraud_model_v1`` through the ASOF offline store against
+Feast's own DuckDB store, on the same registry, Parquet tables and label rows.
+
+For each size, that many transactions are generated over 7 days (a user per 50 of them, a merchant per 500) and
+backfilled with the project's definitions; every transaction is then one label row, asking for the features as
+of one millisecond before it, as ``streamscore.training`` asks. Each store answers in a fresh process (so
+neither inherits the other's caches), after a 100-row warm-up that loads the registry and DuckDB; the timed
+span is one ``get_historical_features(...).to_df()`` of all the rows. Feast's store is stopped after
+``BASELINE_LIMIT_S``. When both finish, their frames are compared cell for cell after sorting by row.
+No Kafka or Redis. ``python -m tests.benchmarks offline`` (parts: ``10k``, ``100k``, ``1m``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from tests.benchmarks.features_common import say
+
+SIZES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
+PARTS = tuple(SIZES)
+SPAN = timedelta(days=7)
+SERVICE = "fraud_model_v1"
+WARMUP_ROWS = 100
+BASELINE_LIMIT_S = 180.0
+STORES = {"duckdb": "Feast's DuckDB store", "asof": "ASOF store"}
+
+
+@dataclass
+class Result:
+    rows: int
+    history: int  # offline rows, both views
+    seconds: dict[str, float | None]  # store -> seconds, None: stopped at the limit
+    same: bool | None  # both frames equal, None: not both finished
+
+
+def prepare(root: Path, events: int) -> int:
+    """Generate ``events`` transactions, backfill them under ``root`` (its own registry) and write the label
+    rows to ``root/labels.parquet``; returns the offline tables' row count."""
+    from streamscore.features import backfill, load_plans, rules_for
+    from streamscore.generator import GeneratorConfig, write_parquet
+    from streamscore.settings import Settings
+    from streamscore.store import apply_definitions
+    from streamscore.training.dataset import ENTITY_OFFSET
+
+    settings = Settings(data_dir=root, metrics_port=0)
+    apply_definitions(settings)
+    config = GeneratorConfig(
+        events=events,
+        rate=events / SPAN.total_seconds(),
+        seed=1,
+        users=max(100, events // 50),
+        merchants=max(30, events // 500),
+    )
+    write_parquet(config, root / "events.parquet")
+    plans = load_plans(settings)
+    rules = rules_for(settings, plans)
+    backfill(root / "events.parquet", plans, root / "offline", start=config.start, end=config.start + SPAN, rules=rules)
+    raw = pd.read_parquet(root / "events.parquet", columns=["user_id", "merchant_id", "event_time"])
+    labels = pd.DataFrame(
+        {
+            "row_id": range(len(raw)),
+            "user_id": raw["user_id"],
+            "merchant_id": raw["merchant_id"],
+            "event_timestamp": raw["event_time"].astype("datetime64[ms, UTC]") - ENTITY_OFFSET,
+        }
+    )
+    labels.to_parquet(root / "labels.parquet")
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in (root / "offline").glob("*.parquet"))
+
+
+def _child(root: str, store: str, out: str, conn: Connection) -> None:
+    """In a fresh process: warm up, then time one join of every label row and write its frame to ``out``."""
+    from streamscore.settings import Settings
+    from streamscore.store import feature_store, quiet_feast
+
+    settings = Settings(data_dir=Path(root), metrics_port=0, training={"offline_store": store})
+    fs = feature_store(settings)
+    labels = pd.read_parquet(Path(root) / "labels.parquet")
+    with quiet_feast():
+        service = fs.get_feature_service(SERVICE)
+        fs.get_historical_features(entity_df=labels.head(WARMUP_ROWS).copy(), features=service).to_df()
+        conn.send("ready")
+        started = time.perf_counter()
+        frame = fs.get_historical_features(entity_df=labels, features=service).to_df()
+        seconds = time.perf_counter() - started
+    frame.sort_values("row_id").reset_index(drop=True).to_parquet(out)
+    conn.send(seconds)
+
+
+def timed(root: Path, store: str, limit_s: float | None) -> float | None:
+    """Seconds ``store`` takes for every label row under ``root``, or None when it passes ``limit_s``."""
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding DuckDB's threads
+    ours, theirs = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(str(root), store, str(root / f"frame-{store}.parquet"), theirs))
+    child.start()
+    try:
+        if not ours.poll(300) or ours.recv() != "ready":
+            raise RuntimeError(f"{store}: the warm-up did not finish")
+        if not ours.poll(limit_s):
+            return None
+        seconds: float = ours.recv()
+        child.join()
+        return seconds
+    finally:
+        if child.is_alive():
+            child.terminate()
+            child.join()
+
+
+def bench(size: int) -> Result:
+    with tempfile.TemporaryDirectory(prefix="streamscore-bench-offline-") as tmp:
+        root = Path(tmp)
+        say(f"offline: {size:,} transactions, generate and backfill")
+        history = prepare(root, size)
+        seconds: dict[str, float | None] = {}
+        for store in STORES:
+            say(f"offline: {size:,} label rows through {STORES[store]}")
+            seconds[store] = timed(root, store, BASELINE_LIMIT_S if store == "duckdb" else None)
+        same = None
+        if all(s is not None for s in seconds.values()):
+            frames = [pd.read_parquet(root / f"frame-{store}.parquet") for store in STORES]
+            same = frames[0].equals(frames[1])
+        return Result(size, history, seconds, same)
+
+
+def markdown(results: list[Result]) -> str:
+    def cells(rows: int, seconds: float | None) -> str:
+        if seconds is None:
+            return f"stopped at {BASELINE_LIMIT_S:.0f} s | < {rows / BASELINE_LIMIT_S:,.0f}"
+        return f"{seconds:.2f} | {rows / seconds:,.0f}"
+
+    lines = [
+        "### Training-set join (`get_historical_features` of fraud_model_v1, label rows/s)\n",
+        "| label rows | offline rows | Feast's DuckDB store (s) | rows/s | ASOF store (s) | rows/s | speed-up "
+        "| same frame |",
+        "|---:|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for r in results:
+        theirs, ours = r.seconds["duckdb"], r.seconds["asof"]
+        assert ours is not None
+        ratio = f"{theirs / ours:,.0f}x" if theirs is not None else f"> {BASELINE_LIMIT_S / ours:,.0f}x"
+        same = {True: "yes", False: "**no**", None: "-"}[r.same]
+        lines.append(
+            f"| {r.rows:,} | {r.history:,} | {cells(r.rows, theirs)} | {cells(r.rows, ours)} | {ratio} | {same} |"
+        )
+    lines.append(
+        f"\nOne call of all label rows per store, each in a fresh process after a {WARMUP_ROWS}-row warm-up, on "
+        f"{os.cpu_count()} cores (DuckDB uses them all). History: the transactions backfilled over 7 days, a user "
+        f"per 50, a merchant per 500; each view's ttl is 2 days. Feast's store is stopped after "
+        f"{BASELINE_LIMIT_S:.0f} s. `same frame`: both frames equal cell for cell, dtypes included, sorted by row.\n"
+    )
+    return "\n".join(lines)
+
+
+def run(parts: list[str] | None = None) -> str:
+    selected = list(parts or PARTS)
+    unknown = set(selected) - set(PARTS)
+    if unknown:
+        raise SystemExit(f"unknown offline benchmark part(s) {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    return markdown([bench(SIZES[part]) for part in PARTS if part in selected])
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(run(sys.argv[1:] or None))
