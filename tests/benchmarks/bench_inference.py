@@ -13,6 +13,11 @@ so the two runs differ in nothing but the monitor. ``python -m tests.benchmarks 
   for the acknowledgement, commit.
 * **latency**: requests sent at a steady rate for ``LATENCY_SECONDS``; the prediction's own ``latency.total_ms``
   (request time to scored) gives the end-to-end percentiles, and its phases where the time went.
+* **caller**: what a caller sees (issue 16): a separate client process (``latency_client.py``) sends at a
+  steady rate and reads the predictions on its own consumer thread, request handed to the producer ->
+  prediction read; the same client's bare Kafka round trip (send to a topic, read it back) at the same rate
+  is the floor, measured in the same run; the worker runs with ``max_delay_ms`` 0 (the default: score what
+  has arrived) and 5 (wait 5 ms after a batch's first request, as before), each in a process of its own.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from streamscore.settings import Settings
 from tests.benchmarks.bench_reader import MERCHANTS, USERS, write_entities
 from tests.benchmarks.features_common import bench_stack, isolated, say
 
-PARTS = ("throughput", "latency")
+PARTS = ("throughput", "latency", "caller")
 
 REQUESTS = 40_000
 NAIVE_REQUESTS = 1_500
@@ -343,6 +348,122 @@ def latency_markdown(results: list[tuple[int, dict[str, np.ndarray]]]) -> str:
     )
 
 
+CALLER_POLICIES = (0, 5)  # max_delay_ms of the worker
+
+
+def _caller_run(s: Settings, mode: str, rate: int, seed: int) -> dict[str, np.ndarray]:
+    """One client process at ``rate`` for ``LATENCY_SECONDS``; its per-request timings."""
+    path = s.data_dir / f"caller-{mode}-{rate}-{seed}"
+    path.with_suffix(".json").write_text(s.model_dump_json())
+    cmd = [sys.executable, "-m", "tests.benchmarks.latency_client", str(path.with_suffix(".json")),
+           str(path.with_suffix(".npz")), "--mode", mode, "--rate", str(rate), "--seconds", str(LATENCY_SECONDS),
+           "--seed", str(seed)]  # fmt: skip
+    subprocess.run(cmd, check=True, timeout=LATENCY_SECONDS + 180)
+    with np.load(path.with_suffix(".npz")) as data:
+        return {k: data[k] for k in data.files}
+
+
+def caller(settings: Settings, monitored: int) -> list[tuple[int, str, dict[str, np.ndarray]]]:
+    """(rate, "bare" or "max_delay_ms=N", timings) of every run; a warm-up run first, dropped."""
+    from streamscore.kafka import ensure_topics
+    from streamscore.models import Registry
+    from streamscore.settings import child_env
+
+    Registry(settings).promote(monitored, reason="bench")
+    tag = uuid.uuid4().hex[:8]
+    bare = settings.topics.model_copy(update={"score_requests": f"bare-{tag}"})
+    ensure_topics(settings.model_copy(update={"topics": bare}))
+    out: list[tuple[int, str, dict[str, np.ndarray]]] = []
+    for policy in CALLER_POLICIES:
+        topics = settings.topics.model_copy(
+            update={"score_requests": f"call-req-{tag}-{policy}", "predictions": f"call-pred-{tag}-{policy}"}
+        )
+        inference = settings.inference.model_copy(update={"group_id": f"call-{tag}-{policy}", "max_delay_ms": policy})
+        s = settings.model_copy(update={"topics": topics, "inference": inference})
+        ensure_topics(s)
+        log = s.data_dir / f"caller-worker-{policy}.log"
+        with log.open("ab") as out_file:
+            worker = subprocess.Popen([sys.executable, "-m", "streamscore", "inference", "run"], env=child_env(s),
+                                      stdout=out_file, stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while b"in group" not in log.read_bytes():
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the inference worker did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.1)
+            say(f"inference: caller warm-up (max_delay_ms {policy})")
+            _caller_run(s, "pipeline", RATES[0], seed=100 + policy)
+            for rate in RATES:
+                if policy == CALLER_POLICIES[0]:
+                    say(f"inference: caller, bare Kafka at {rate:,}/s")
+                    out.append((rate, "bare", _caller_run(settings.model_copy(update={"topics": bare}), "bare", rate,
+                                                          seed=rate)))  # fmt: skip
+                say(f"inference: caller at {rate:,}/s, max_delay_ms {policy}")
+                out.append((rate, f"max_delay_ms={policy}", _caller_run(s, "pipeline", rate, seed=rate + policy)))
+        finally:
+            worker.terminate()
+            worker.wait(60)
+    return out
+
+
+def caller_markdown(results: list[tuple[int, str, dict[str, np.ndarray]]]) -> str:
+    def seen(d: dict[str, np.ndarray]) -> np.ndarray:
+        return d["got"] - d["sent"]
+
+    rows, hops, held = [], [], []
+    for rate in RATES:
+        runs = {label: d for r, label, d in results if r == rate}
+        base = seen(runs["bare"])
+        b50, b99 = np.nanquantile(base, [0.5, 0.99])
+        cells = [f"{rate:,}", f"{b50:.1f} / {b99:.1f}"]
+        for policy in CALLER_POLICIES:
+            d = runs[f"max_delay_ms={policy}"]
+            total = seen(d)
+            lost = int(np.isnan(total).sum())
+            p50, p99 = np.nanquantile(total, [0.5, 0.99])
+            ok = "yes" if p50 <= b50 + 5 and p99 <= 1.5 * b99 else "no"
+            cells.append(f"{p50:.1f} / {p99:.1f}{f' ({lost} unanswered)' if lost else ''} | {ok}")
+            if policy == 0:
+                if p99 <= 100:
+                    held.append(rate)
+                to_worker = d["queue_ms"]
+                hops.append(
+                    f"| {rate:,} | {np.nanmedian(to_worker):.1f} | {np.nanmedian(d['features_ms']):.1f} | "
+                    f"{np.nanmedian(d['inference_ms']):.1f} | {np.nanmedian(d['produced'] - d['scored']):.1f} | "
+                    f"{np.nanmedian(d['got'] - d['produced']):.1f} | {np.nanmedian(total):.1f} |"
+                )
+        rows.append("| " + " | ".join(cells) + " |")
+    heads = " | ".join(f"max_delay_ms {p}: p50 / p99 | target met?" for p in CALLER_POLICIES)
+    return "\n".join(
+        [
+            "### Latency a caller sees (ms, request handed to the producer -> prediction read, one worker)",
+            "",
+            f"| requests/s | bare Kafka round trip: p50 / p99 | {heads} |",
+            "| ---: | --- |" + " --- | --- |" * len(CALLER_POLICIES),
+            *rows,
+            "",
+            "Target: p50 <= bare p50 + 5 ms and p99 <= 1.5x bare p99, the bare round trip measured by the same "
+            f"client at the same rate in the same run. Highest rate tested that one worker holds with p99 <= 100 ms"
+            f" (max_delay_ms 0): {f'{max(held):,}/s' if held else 'none of those tested'}.",
+            "",
+            "Where the time goes with max_delay_ms 0 (medians, ms): *to the worker* is the request's send to the "
+            "worker picking its batch (client produce, broker, the worker's fetch and poll); *publish* is scored to "
+            "the prediction's producer timestamp; *to the caller* is from there to the client reading it (the "
+            "worker's flush and acknowledgement, broker, the client's fetch).",
+            "",
+            "| requests/s | to the worker | features | ONNX | publish | to the caller | total |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            *hops,
+            "",
+            f"Each run {LATENCY_SECONDS:.0f} s from a client process of its own (`tests/benchmarks/latency_client.py`: "
+            "producer `linger.ms` 0, consumer `fetch.wait.max.ms` 10 on its own thread, partitions assigned at their "
+            "end before the first send); the worker (`streamscore inference run`) in another; the broker, Redis, "
+            "the worker and the client share the 2 cores.",
+            "",
+        ]
+    )
+
+
 def run(parts: Iterable[str] | None = None) -> str:
     selected = set(parts or PARTS)
     unknown = selected - set(PARTS)
@@ -371,6 +492,8 @@ def run(parts: Iterable[str] | None = None) -> str:
             out.append(throughput_markdown(throughput(settings, monitored, unmonitored)))
         if "latency" in selected:
             out.append(latency_markdown(latency(settings, monitored)))
+        if "caller" in selected:
+            out.append(caller_markdown(caller(settings, monitored)))
         return "\n".join(out)
 
 

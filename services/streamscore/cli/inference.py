@@ -18,7 +18,7 @@ def inference_run(
     ctx: typer.Context,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (partitions bound parallelism).")] = 1,
     max_batch: Annotated[int | None, typer.Option(min=1, help="Most requests per batch.")] = None,
-    max_delay_ms: Annotated[int | None, typer.Option(min=0, help="Longest wait to fill a batch.")] = None,
+    max_delay_ms: Annotated[int | None, typer.Option(min=0, help="Wait for more after a batch's first.")] = None,
     guarantee: Annotated[str | None, typer.Option(help="at-least-once (default) or exactly-once.")] = None,
 ) -> None:
     """Score requests from Kafka with the champion model until SIGTERM/Ctrl-C (the batch in hand finishes)."""

@@ -3,7 +3,8 @@
 Stateless: everything it needs is in Kafka (requests, offsets), Redis (features) and the registry (the
 model), so scaling out is starting another process in the same group. Per batch:
 
-1. take up to ``max_batch`` requests or wait at most ``max_delay_ms``, whichever comes first;
+1. take what has arrived as soon as a request is there, up to ``max_batch`` (waiting ``max_delay_ms`` after the
+   first for more only when set: at low rates a fixed wait is pure latency, under load batches fill anyway);
 2. decode and validate; what fails goes to the dead-letter topic with its reason (never dropped);
 3. score the rest (:class:`~streamscore.inference.scorer.Scorer`: one Redis round trip, one ONNX call);
 4. publish one prediction per request, keyed by request id, with the request's headers (trace context);
@@ -77,6 +78,7 @@ HEADERS_DROPPED = Counter(
 )
 
 _REQUEST_IDS = ("request_id", "user_id", "merchant_id")
+_IDLE_POLL_S = 0.05  # with no request, how often the loop still swaps models, reports drift and reads labels
 _MAX_COPIED_HEADER_BYTES = 16_384
 DROPPED_HEADERS = "streamscore.headers-dropped"  # on a prediction: how many request headers were left out
 _BACKOFF_START_S, _BACKOFF_MAX_S = 0.1, 5.0
@@ -181,7 +183,7 @@ class InferenceWorker:
         try:
             while not self._stop.is_set():
                 self._maybe_swap()
-                messages = self.consumer.poll_batch(cfg.max_batch, cfg.max_delay_ms / 1000)
+                messages = self.consumer.poll_ready(cfg.max_batch, _IDLE_POLL_S, cfg.max_delay_ms / 1000)
                 if messages or self.drift.due():
                     self._process(messages)
                 self.drift.poll_labels(tp.partition for tp in self.consumer.raw.assignment())

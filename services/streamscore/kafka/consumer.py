@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -57,8 +58,29 @@ class Consumer:
             self._consumer.subscribe(list(topics))
 
     def poll_batch(self, max_messages: int = 500, timeout_s: float = 0.1) -> list[confluent_kafka.Message]:
-        """Messages without errors; a fatal consumer error raises :class:`ConsumerError`."""
-        batch = self._consumer.consume(num_messages=max_messages, timeout=timeout_s)
+        """Up to ``max_messages``, waiting up to ``timeout_s`` for them all (librdkafka's ``consume``): for
+        bulk readers. Messages without errors; a fatal consumer error raises :class:`ConsumerError`."""
+        return self._good(self._consumer.consume(num_messages=max_messages, timeout=timeout_s))
+
+    def poll_ready(self, max_messages: int, idle_s: float, linger_s: float = 0.0) -> list[confluent_kafka.Message]:
+        """What has arrived, as soon as something has: wait up to ``idle_s`` for a first message, take what
+        else is already fetched (up to ``max_messages``), and only then, if ``linger_s`` > 0, wait for more
+        until ``linger_s`` after that first message. ``poll_batch`` with a timeout holds a half-full batch
+        for the whole timeout at low rates; this one adds no wait unless asked (a deadline from the first
+        message, not a fixed pause)."""
+        first = self._consumer.consume(num_messages=1, timeout=idle_s)
+        if not first:
+            return []
+        batch = first + self._consumer.consume(num_messages=max_messages - 1, timeout=0) if max_messages > 1 else first
+        deadline = time.monotonic() + linger_s
+        while len(batch) < max_messages and (left := deadline - time.monotonic()) > 0:
+            more = self._consumer.consume(num_messages=max_messages - len(batch), timeout=left)
+            if not more:
+                break
+            batch += more
+        return self._good(batch)
+
+    def _good(self, batch: list[confluent_kafka.Message]) -> list[confluent_kafka.Message]:
         good: list[confluent_kafka.Message] = []
         for msg in batch:
             err = msg.error()
