@@ -262,13 +262,30 @@ def throughput_markdown(runs: list[Run]) -> str:
     )
 
 
+def _start_worker(s: Settings, name: str) -> subprocess.Popen[bytes]:
+    """`streamscore inference run` in a process of its own, as deployed (a client in the benchmark process must
+    not share its interpreter lock), once it has joined its group; its log in ``data_dir/NAME.log``."""
+    from streamscore.settings import child_env
+
+    log = s.data_dir / f"{name}.log"
+    with log.open("ab") as out_file:
+        worker = subprocess.Popen([sys.executable, "-m", "streamscore", "inference", "run"], env=child_env(s),
+                                  stdout=out_file, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while b"in group" not in log.read_bytes():
+        if worker.poll() is not None or time.monotonic() > deadline:
+            worker.kill()
+            raise RuntimeError(f"the inference worker did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    return worker
+
+
 def latency(settings: Settings, monitored: int) -> list[tuple[int, dict[str, np.ndarray]]]:
     """Steady-rate runs of the monitored model against one worker process; phases from the predictions' own
     latency records. A first run at the lowest rate warms the broker's JIT and the worker up and is dropped."""
     from streamscore.kafka import Consumer, Producer, ensure_topics
     from streamscore.models import Registry
     from streamscore.serde import Serde
-    from streamscore.settings import child_env
 
     Registry(settings).promote(monitored, reason="bench")
     tag = uuid.uuid4().hex[:8]
@@ -277,19 +294,9 @@ def latency(settings: Settings, monitored: int) -> list[tuple[int, dict[str, np.
         update={"topics": topics, "inference": settings.inference.model_copy(update={"group_id": f"lat-{tag}"})}
     )
     ensure_topics(s)
-    # The worker in its own process, as deployed: the producer below must not share its interpreter lock.
-    log = s.data_dir / "latency-worker.log"
-    env = child_env(s)
-    with log.open("ab") as out_file:
-        worker = subprocess.Popen([sys.executable, "-m", "streamscore", "inference", "run"], env=env,
-                                  stdout=out_file, stderr=subprocess.STDOUT)  # fmt: skip
+    worker = _start_worker(s, "latency-worker")
     out = []
     try:
-        deadline = time.monotonic() + 120
-        while b"in group" not in log.read_bytes():
-            if worker.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the inference worker did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
         serde, decoder = Serde("score_request"), Serde("prediction")
         producer = Producer(s.kafka, client_suffix="bench", **{"linger.ms": 1})
         for run, rate in enumerate((RATES[0], *RATES)):
@@ -367,7 +374,6 @@ def caller(settings: Settings, monitored: int) -> list[tuple[int, str, dict[str,
     """(rate, "bare" or "max_delay_ms=N", timings) of every run; a warm-up run first, dropped."""
     from streamscore.kafka import ensure_topics
     from streamscore.models import Registry
-    from streamscore.settings import child_env
 
     Registry(settings).promote(monitored, reason="bench")
     tag = uuid.uuid4().hex[:8]
@@ -381,16 +387,8 @@ def caller(settings: Settings, monitored: int) -> list[tuple[int, str, dict[str,
         inference = settings.inference.model_copy(update={"group_id": f"call-{tag}-{policy}", "max_delay_ms": policy})
         s = settings.model_copy(update={"topics": topics, "inference": inference})
         ensure_topics(s)
-        log = s.data_dir / f"caller-worker-{policy}.log"
-        with log.open("ab") as out_file:
-            worker = subprocess.Popen([sys.executable, "-m", "streamscore", "inference", "run"], env=child_env(s),
-                                      stdout=out_file, stderr=subprocess.STDOUT)  # fmt: skip
+        worker = _start_worker(s, f"caller-worker-{policy}")
         try:
-            deadline = time.monotonic() + 120
-            while b"in group" not in log.read_bytes():
-                if worker.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the inference worker did not start: {log.read_text()[-2000:]}")
-                time.sleep(0.1)
             say(f"inference: caller warm-up (max_delay_ms {policy})")
             _caller_run(s, "pipeline", RATES[0], seed=100 + policy)
             for rate in RATES:
@@ -480,6 +478,9 @@ def run(parts: Iterable[str] | None = None) -> str:
                     update={"score_requests": "bench-requests", "predictions": "bench-predictions"}
                 ),
                 "drift": settings.drift.model_copy(update={"labels": False, "interval_s": 5.0}),
+                # The throughput and latency parts keep the 5 ms batch wait their earlier figures were taken with;
+                # the caller part sets its own.
+                "inference": settings.inference.model_copy(update={"max_delay_ms": 5}),
             }
         )
         ensure_topics(settings)

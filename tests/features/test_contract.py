@@ -5,6 +5,7 @@ equal to the independent pandas recomputation in ``reference.py``."""
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -50,6 +51,20 @@ def _events(seed: int, n: int = 3000) -> pd.DataFrame:
     )
 
 
+def _stream_reads(state: ViewState, events: pd.DataFrame) -> Iterator[tuple[pd.DataFrame, str, int, np.ndarray]]:
+    """The stream path: ``events`` applied in arrival order in 40 batches; after each, every entity seen so
+    far read as of its newest event: (events so far, entity, that event's time, the entity's feature row)."""
+    for part in np.array_split(np.arange(len(events)), 40):
+        state.apply(*_inputs(state, events.iloc[part]))
+        seen = events.iloc[: part[-1] + 1]
+        rows = state.entity_rows(sorted(seen["entity"].unique()))
+        got = state.read(rows)
+        for i, row in enumerate(rows):
+            entity = state.ids[int(row)]
+            assert entity is not None
+            yield seen, entity, int(state.max_t[row]), got[i]
+
+
 def _inputs(state: ViewState, frame: pd.DataFrame) -> tuple[np.ndarray, ...]:
     plan = state.plan
     rows = state.entity_rows(frame["entity"].tolist())
@@ -82,16 +97,9 @@ def test_stream_path_matches_reference(function: str, window: str, slide: str) -
     state = ViewState(plan, capacity=2, distinct_capacity=2)  # tiny: growth is exercised too
     name = "f"
     col = plan.feature_names.index(name)
-    for part in np.array_split(np.arange(len(events)), 40):  # arrival order, in batches
-        state.apply(*_inputs(state, events.iloc[part]))
-        seen = events.iloc[: part[-1] + 1]
-        rows = state.entity_rows(sorted(seen["entity"].unique()))
-        got = state.read(rows)
-        for i, row in enumerate(rows):
-            entity = state.ids[int(row)]
-            assert entity is not None
-            want = reference_at(plan, seen, entity, int(state.max_t[row]))[name]
-            assert _close(got[i, col], want), (entity, part[-1], got[i, col], want)
+    for seen, entity, t_ms, got in _stream_reads(state, events):
+        want = reference_at(plan, seen, entity, t_ms)[name]
+        assert _close(got[col], want), (entity, len(seen), got[col], want)
 
 
 @pytest.mark.parametrize(("function", "window", "slide"), CASES)
@@ -225,15 +233,8 @@ def test_sums_stay_exact_when_large_amounts_leave_the_window(path: str, slide: s
     magnitudes = events.assign(amount=events["amount"].abs())
     state = ViewState(plan, capacity=2)
     if path == "stream":
-        for part in np.array_split(np.arange(len(events)), 40):
-            state.apply(*_inputs(state, events.iloc[part]))
-            seen = events.iloc[: part[-1] + 1]
-            rows = state.entity_rows(sorted(seen["entity"].unique()))
-            got = state.read(rows)
-            for i, row in enumerate(rows):
-                entity = state.ids[int(row)]
-                assert entity is not None
-                _assert_sums_within_float64_error(plan, seen, magnitudes, entity, int(state.max_t[row]), got[i])
+        for seen, entity, t_ms, got in _stream_reads(state, events):
+            _assert_sums_within_float64_error(plan, seen, magnitudes, entity, t_ms, got)
         return
     ordered = events.sort_values(["entity", "time_ms"], kind="stable").reset_index(drop=True)
     out, status = state.apply_and_read(*_inputs(state, ordered))
