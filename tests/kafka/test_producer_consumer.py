@@ -62,3 +62,23 @@ def test_uncommitted_messages_are_read_again(settings: Settings, unique: str) ->
         while time.monotonic() < deadline:
             leftovers.extend(consumer.poll_batch(100, 0.5))
     assert leftovers == []
+
+
+def test_poll_ready_takes_what_has_arrived_and_no_more_than_asked(settings: Settings, unique: str) -> None:
+    """The worker's batch: nothing (after the idle wait) when nothing is there; never more than ``max_messages``;
+    with a linger, what arrives within it after the first message joins the batch."""
+    topic = create_topic(settings, f"ready-{unique}", partitions=1)
+    with Consumer(settings.kafka, f"g-{unique}", [topic]) as consumer:
+        assert consumer.poll_ready(10, idle_s=0.5) == []  # joins the group, nothing to read
+        producer = Producer(settings.kafka)
+        for i in range(10):
+            producer.send(topic, f"v{i}".encode(), key=b"k")
+        producer.flush()
+        first = consumer.poll_ready(4, idle_s=30)
+        assert 1 <= len(first) <= 4
+        rest: list[bytes] = []
+        while len(first) + len(rest) < 10:
+            batch = consumer.poll_ready(10, idle_s=30, linger_s=2)
+            assert batch, "a produced message never arrived"
+            rest += [m.value() for m in batch]
+        assert [m.value() for m in first] + rest == [f"v{i}".encode() for i in range(10)]  # in order, once each
