@@ -37,7 +37,7 @@ import numpy as np
 
 from streamscore.settings import Settings
 from tests.benchmarks.bench_reader import MERCHANTS, USERS, write_entities
-from tests.benchmarks.features_common import bench_stack, isolated, say
+from tests.benchmarks.features_common import bench_stack, isolated, say, start_worker
 
 PARTS = ("throughput", "latency", "caller")
 
@@ -262,24 +262,6 @@ def throughput_markdown(runs: list[Run]) -> str:
     )
 
 
-def _start_worker(s: Settings, name: str) -> subprocess.Popen[bytes]:
-    """`streamscore inference run` in a process of its own, as deployed (a client in the benchmark process must
-    not share its interpreter lock), once it has joined its group; its log in ``data_dir/NAME.log``."""
-    from streamscore.settings import child_env
-
-    log = s.data_dir / f"{name}.log"
-    with log.open("ab") as out_file:
-        worker = subprocess.Popen([sys.executable, "-m", "streamscore", "inference", "run"], env=child_env(s),
-                                  stdout=out_file, stderr=subprocess.STDOUT)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while b"in group" not in log.read_bytes():
-        if worker.poll() is not None or time.monotonic() > deadline:
-            worker.kill()
-            raise RuntimeError(f"the inference worker did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.1)
-    return worker
-
-
 def latency(settings: Settings, monitored: int) -> list[tuple[int, dict[str, np.ndarray]]]:
     """Steady-rate runs of the monitored model against one worker process; phases from the predictions' own
     latency records. A first run at the lowest rate warms the broker's JIT and the worker up and is dropped."""
@@ -294,7 +276,7 @@ def latency(settings: Settings, monitored: int) -> list[tuple[int, dict[str, np.
         update={"topics": topics, "inference": settings.inference.model_copy(update={"group_id": f"lat-{tag}"})}
     )
     ensure_topics(s)
-    worker = _start_worker(s, "latency-worker")
+    worker = start_worker(s, "latency-worker")
     out = []
     try:
         serde, decoder = Serde("score_request"), Serde("prediction")
@@ -387,7 +369,7 @@ def caller(settings: Settings, monitored: int) -> list[tuple[int, str, dict[str,
         inference = settings.inference.model_copy(update={"group_id": f"call-{tag}-{policy}", "max_delay_ms": policy})
         s = settings.model_copy(update={"topics": topics, "inference": inference})
         ensure_topics(s)
-        worker = _start_worker(s, f"caller-worker-{policy}")
+        worker = start_worker(s, f"caller-worker-{policy}")
         try:
             say(f"inference: caller warm-up (max_delay_ms {policy})")
             _caller_run(s, "pipeline", RATES[0], seed=100 + policy)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 
 from streamscore.settings import Settings
 from tests.benchmarks.bench_reader import MERCHANTS, USERS, write_entities
-from tests.benchmarks.features_common import bench_stack, isolated, say
+from tests.benchmarks.features_common import bench_stack, isolated, say, start_worker
 
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtest" / "locustfile.py"
 RATES = (250, 500, 1_000)  # total requests/s; 2,000 is past what one Locust process sustains on 2 shared cores
@@ -85,23 +84,9 @@ def _locust(settings: Settings, path: str, rate: int, seconds: float, out: Path)
     )  # fmt: skip
 
 
-def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
-    log = settings.data_dir / "locust-worker.log"
-    with log.open("ab") as out:
-        worker = subprocess.Popen([sys.executable, "-m", "streamscore", "inference", "run"], env=_env(settings),
-                                  stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while b"in group" not in log.read_bytes():
-        if worker.poll() is not None or time.monotonic() > deadline:
-            worker.kill()
-            raise RuntimeError(f"the inference worker did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.1)
-    return worker
-
-
 def measure(settings: Settings, echo: Settings, out: Path) -> list[Result]:
     """A dropped warm-up of both paths, then every rate, the two paths in alternating order (ABBA...)."""
-    worker = _start_worker(settings)
+    worker = start_worker(settings, "locust-worker", _env(settings))
     try:
         for path, s in (("score", settings), ("echo", echo)):
             say(f"locust: warm-up, {path} at {RATES[0]}/s for {WARMUP_SECONDS} s")

@@ -68,6 +68,26 @@ def isolated(
     return settings.model_copy(update={"metrics_port": free_port() if metrics else 0})
 
 
+def start_worker(settings: Settings, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`streamscore inference run` in a process of its own, as deployed (a client in the benchmark process must
+    not share its interpreter lock), returned once it has joined its group; its log in ``data_dir/NAME.log``.
+    ``env`` defaults to the environment of ``settings``."""
+    from streamscore.settings import child_env
+
+    log = settings.data_dir / f"{name}.log"
+    with log.open("ab") as out:
+        worker = subprocess.Popen([sys.executable, "-m", "streamscore", "inference", "run"],
+                                  env=env if env is not None else child_env(settings),
+                                  stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while b"in group" not in log.read_bytes():
+        if worker.poll() is not None or time.monotonic() > deadline:
+            worker.kill()
+            raise RuntimeError(f"the inference worker did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    return worker
+
+
 def prepare(settings: Settings) -> None:
     """Topics and the Feast registry of a run (what `topics create` + `features apply` do)."""
     from streamscore.kafka import ensure_topics
