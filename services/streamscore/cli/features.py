@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from streamscore.cli.output import JsonFlag, console, emit, instant, progress_bar, settings_of, show, utc
+from streamscore.cli.output import JsonFlag, console, emit, instant, progress_bar, settings_of, show
 
 __all__ = ["features_app", "features_backfill"]
 
@@ -171,7 +171,7 @@ def features_backfill(
     plans = load_plans(settings)
     existing = [p for p in plans if (settings.data_dir / "offline" / f"{p.name}.parquet").exists()]
     if existing and not force:
-        _refuse_empty_range(events, utc(start), utc(end), settings.data_dir / "offline")
+        _refuse_empty_range(events, start, end, settings.data_dir / "offline")
     sink = None
     if materialize:
         from streamscore.store import OnlineWriter
@@ -192,7 +192,7 @@ def features_backfill(
             bar.update(tasks[view], completed=done, rate=f"{done / elapsed:,.0f} ev/s")
 
         report = backfill(
-            events, plans, settings.data_dir / "offline", start=utc(start), end=utc(end),
+            events, plans, settings.data_dir / "offline", start=start, end=end,
             rules=rules_for(settings, plans), progress=progress, online=sink,
         )  # fmt: skip
     seconds = time.perf_counter() - started

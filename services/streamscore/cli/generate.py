@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from streamscore.cli.output import console, instant, progress_bar, settings_of, utc
+from streamscore.cli.output import console, instant, progress_bar, settings_of
 
 __all__ = ["generate"]
 
@@ -49,7 +49,7 @@ def generate(
     try:
         config = GeneratorConfig(
             events=events, rate=rate, users=users, merchants=merchants, seed=seed, fraud_rate=fraud_rate,
-            start=utc(start) if start else now, drift_at=utc(drift_at) if drift_at else None,
+            start=start or now, drift_at=drift_at,
         )  # fmt: skip
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

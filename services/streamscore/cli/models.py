@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from streamscore.cli.output import JsonFlag, console, emit, instant, progress_bar, settings_of, show, utc
+from streamscore.cli.output import JsonFlag, console, emit, instant, progress_bar, settings_of, show
 
 __all__ = ["models_app", "models_train"]
 
@@ -41,7 +41,7 @@ def models_train(
             bar.update(tasks[stage], completed=done, total=total)
 
         result = train(
-            settings_of(ctx), events=events, start=utc(start), end=utc(end),
+            settings_of(ctx), events=events, start=start, end=end,
             kind=model,  # type: ignore[arg-type]
             seed=seed, progress=progress,
         )  # fmt: skip

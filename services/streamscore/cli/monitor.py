@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from streamscore.cli.output import JsonFlag, console, duration, instant, settings_of, utc
+from streamscore.cli.output import JsonFlag, console, duration, instant, settings_of
 
 __all__ = ["report", "top"]
 
@@ -43,5 +43,5 @@ def report(
         if start is not None:
             raise typer.BadParameter("give --since or --start, not both")
         start = datetime.now(tz=UTC) - since
-    path = build_report(settings_of(ctx), out, utc(start) if start else None, utc(end) if end else None)
+    path = build_report(settings_of(ctx), out, start, end)
     console.print(f"wrote {path} and {figure_path(path)}")

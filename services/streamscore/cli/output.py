@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console, RenderableType
@@ -23,38 +22,40 @@ from streamscore.timespec import TimespecError, parse_duration, parse_instant
 
 __all__ = [
     "JsonFlag", "console", "duration", "emit", "err_console", "instant", "print_json", "progress_bar",
-    "settings_of", "show", "utc",
+    "settings_of", "show",
 ]  # fmt: skip
 
 console = Console()
 err_console = Console(stderr=True)
 
+T = TypeVar("T")
+
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 
-def _parse_instant(text: str) -> datetime:
-    try:
-        return parse_instant(text)
-    except TimespecError as exc:
-        raise typer.BadParameter(str(exc)) from None
+def _usage_errors(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """``parse`` for a typer option: a TimespecError becomes click's usage error (exit 2, names the option)."""
 
+    def parser(text: str) -> T:
+        try:
+            return parse(text)
+        except TimespecError as exc:
+            raise typer.BadParameter(str(exc)) from None
 
-def _parse_duration(text: str) -> timedelta:
-    try:
-        return parse_duration(text)
-    except TimespecError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    return parser
 
 
 def duration(help: str) -> Any:
     """A duration option: ``90s``, ``15m``, ``1h30m``, ``2d`` (a bare number is refused)."""
-    return typer.Option(parser=_parse_duration, metavar="DURATION", help=help)
+    return typer.Option(parser=_usage_errors(parse_duration), metavar="DURATION", help=help)
 
 
 def instant(help: str) -> Any:
     """A time option: ISO 8601, ``now`` or a time before now (``-2d``), see :mod:`streamscore.timespec`."""
     return typer.Option(
-        parser=_parse_instant, metavar="WHEN", help=f"{help} ISO 8601 (UTC unless it has an offset), now, or -2d, -90m."
+        parser=_usage_errors(parse_instant),
+        metavar="WHEN",
+        help=f"{help} ISO 8601 (UTC unless it has an offset), now, or -2d, -90m.",
     )
 
 
@@ -117,11 +118,6 @@ def _print_records(table: Table) -> None:
     if table.caption:
         console.print()
         console.print(table.caption, highlight=False)
-
-
-def utc(value: datetime) -> datetime:
-    """typer parses datetimes as naive; streamscore's times are UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def progress_bar() -> Progress:
