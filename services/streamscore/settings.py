@@ -183,6 +183,11 @@ class InputSettings(_Section):
 class FeatureSettings(_Section):
     """The stream feature processor (`streamscore features run`)."""
 
+    engine: Literal["faust", "kafka"] = Field(
+        "faust",
+        description="What feeds the stages: faust-streaming (the default) or a plain confluent-kafka consumer"
+        " (faster, cooperative rebalancing); both keep the same state, offsets and group",
+    )
     group_id: str = Field("streamscore-features", description="Consumer group (and faust app id)")
     allowed_lateness_s: float = Field(
         60.0, ge=0, description="How far behind its user's watermark an event may still count"
@@ -201,6 +206,13 @@ class FeatureSettings(_Section):
     )
     session_timeout_s: float = Field(
         10.0, ge=6, description="A processor silent this long loses its partitions to the others"
+    )
+    backfill_engine: Literal["duckdb", "spark"] = Field(
+        "duckdb",
+        description="`features backfill` engine: duckdb on this machine, or spark (needs the spark extra and Java 17+)",
+    )
+    spark_master: str = Field(
+        "local[*]", min_length=1, description="Spark master of the spark backfill: local[N], spark://host:7077, yarn"
     )
 
 
@@ -295,6 +307,9 @@ class RetrainSettings(_Section):
     )
     warmup_h: float = Field(
         24.0, ge=0, description="Event time replayed before the window so its windowed features are whole"
+    )
+    buffer_rows: int = Field(
+        50_000, ge=1, description="Transactions decoded in memory (~1 KB each) before the window spills to disk"
     )
     cooldown_s: float = Field(600.0, ge=0, description="Seconds after a retrain before drift may trigger another")
     model: Literal["mlp", "gbt"] = Field("mlp", description="Model family the retrain trains")

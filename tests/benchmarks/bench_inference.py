@@ -22,6 +22,7 @@ so the two runs differ in nothing but the monitor. ``python -m tests.benchmarks 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -39,7 +40,7 @@ from streamscore.settings import Settings
 from tests.benchmarks.bench_reader import MERCHANTS, USERS, write_entities
 from tests.benchmarks.features_common import bench_stack, isolated, say, start_worker
 
-PARTS = ("throughput", "latency", "caller")
+PARTS = ("throughput", "latency", "caller", "fetch")
 
 REQUESTS = 40_000
 NAIVE_REQUESTS = 1_500
@@ -340,13 +341,15 @@ def latency_markdown(results: list[tuple[int, dict[str, np.ndarray]]]) -> str:
 CALLER_POLICIES = (0, 5)  # max_delay_ms of the worker
 
 
-def _caller_run(s: Settings, mode: str, rate: int, seed: int) -> dict[str, np.ndarray]:
+def _caller_run(
+    s: Settings, mode: str, rate: int, seed: int, consumer: dict[str, Any] | None = None
+) -> dict[str, np.ndarray]:
     """One client process at ``rate`` for ``LATENCY_SECONDS``; its per-request timings."""
     path = s.data_dir / f"caller-{mode}-{rate}-{seed}"
     path.with_suffix(".json").write_text(s.model_dump_json())
     cmd = [sys.executable, "-m", "tests.benchmarks.latency_client", str(path.with_suffix(".json")),
            str(path.with_suffix(".npz")), "--mode", mode, "--rate", str(rate), "--seconds", str(LATENCY_SECONDS),
-           "--seed", str(seed)]  # fmt: skip
+           "--seed", str(seed), "--consumer", json.dumps(consumer or {})]  # fmt: skip
     subprocess.run(cmd, check=True, timeout=LATENCY_SECONDS + 180)
     with np.load(path.with_suffix(".npz")) as data:
         return {k: data[k] for k in data.files}
@@ -444,6 +447,71 @@ def caller_markdown(results: list[tuple[int, str, dict[str, np.ndarray]]]) -> st
     )
 
 
+# (label, the client's consumer settings, the worker's producer linger.ms): one setting changed at a time from
+# the documented caller settings (fetch.wait.max.ms 10, the worker's linger.ms 1).
+FETCH_SWEEP: tuple[tuple[str, dict[str, Any], int], ...] = (
+    ("documented: client fetch.wait.max.ms 10, worker linger.ms 1", {}, 1),
+    ("client fetch.wait.max.ms 500 (librdkafka's default)", {"fetch.wait.max.ms": 500}, 1),
+    ("client fetch.wait.max.ms 100", {"fetch.wait.max.ms": 100}, 1),
+    ("client fetch.min.bytes 10000, fetch.wait.max.ms 100", {"fetch.min.bytes": 10_000, "fetch.wait.max.ms": 100}, 1),
+    ("worker linger.ms 0", {}, 0),
+    ("worker linger.ms 20", {}, 20),
+)
+FETCH_RATE = 1_000
+
+
+def fetch_sweep(settings: Settings, monitored: int) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Caller latency at ``FETCH_RATE`` under each client/worker setting of ``FETCH_SWEEP`` (max_delay_ms 0)."""
+    from streamscore.kafka import ensure_topics
+    from streamscore.models import Registry
+    from streamscore.settings import child_env
+
+    Registry(settings).promote(monitored, reason="bench")
+    out = []
+    for i, (label, consumer, linger) in enumerate(FETCH_SWEEP):
+        tag = uuid.uuid4().hex[:8]
+        names = {"score_requests": f"fetch-req-{tag}", "predictions": f"fetch-pred-{tag}"}
+        topics = settings.topics.model_copy(update=names)
+        inference = settings.inference.model_copy(update={"group_id": f"fetch-{tag}", "max_delay_ms": 0})
+        s = settings.model_copy(update={"topics": topics, "inference": inference})
+        ensure_topics(s)
+        env = child_env(s)
+        env["STREAMSCORE_KAFKA__EXTRA"] = json.dumps({**s.kafka.extra, "linger.ms": str(linger)})
+        worker = start_worker(s, f"fetch-worker-{i}", env=env)
+        try:
+            say(f"inference: fetch sweep: {label}")
+            _caller_run(s, "pipeline", FETCH_RATE, seed=200 + i, consumer=consumer)  # warm-up, dropped
+            out.append((label, _caller_run(s, "pipeline", FETCH_RATE, seed=300 + i, consumer=consumer)))
+        finally:
+            worker.terminate()
+            worker.wait(60)
+    return out
+
+
+def fetch_markdown(results: list[tuple[str, dict[str, np.ndarray]]]) -> str:
+    rows = []
+    for label, d in results:
+        total = d["got"] - d["sent"]
+        p50, p99 = np.nanquantile(total, [0.5, 0.99])
+        rows.append(
+            f"| {label} | {p50:.1f} | {p99:.1f} | {np.nanmedian(d['queue_ms']):.1f} | "
+            f"{np.nanmedian(d['produced'] - d['scored']):.1f} | {np.nanmedian(d['got'] - d['produced']):.1f} |"
+        )
+    return "\n".join(
+        [
+            f"### Fetch and linger settings (ms, caller-seen latency at {FETCH_RATE:,} requests/s, max_delay_ms 0)",
+            "",
+            "One setting changed at a time from the documented ones; each row a worker and client of its own, a "
+            f"warm-up run dropped, then {LATENCY_SECONDS:.0f} s measured. Hops are medians as in the table above.",
+            "",
+            "| setting | p50 | p99 | to the worker | publish | to the caller |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            *rows,
+            "",
+        ]
+    )
+
+
 def run(parts: Iterable[str] | None = None) -> str:
     selected = set(parts or PARTS)
     unknown = selected - set(PARTS)
@@ -477,6 +545,8 @@ def run(parts: Iterable[str] | None = None) -> str:
             out.append(latency_markdown(latency(settings, monitored)))
         if "caller" in selected:
             out.append(caller_markdown(caller(settings, monitored)))
+        if "fetch" in selected:
+            out.append(fetch_markdown(fetch_sweep(settings, monitored)))
         return "\n".join(out)
 
 

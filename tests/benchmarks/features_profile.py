@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from streamscore.features.app import in_records
 from streamscore.settings import Settings
 from tests.benchmarks.features_common import say
 
@@ -122,14 +123,14 @@ def _run(processor: Any, batches: list[list[Any]], partitions: int, batch_size: 
     """Each ingest batch, then its forwards as the rekey agent would receive them."""
     offsets: dict[int, int] = {}
     for batch in batches:
-        out = processor.handle(processor.ingest, batch)
+        out = processor.handle(processor.ingest, in_records(batch))
         for forwarded in _forward_events(out.forwards, partitions, batch_size, offsets):
-            processor.handle(processor.rekey, forwarded)
+            processor.handle(processor.rekey, in_records(forwarded))
 
 
 def _new_processor(settings: Settings) -> Any:
     from streamscore.features import load_plans, rules_for
-    from streamscore.features.app import FeatureProcessor
+    from streamscore.features.processor import FeatureProcessor
 
     plans = load_plans(settings)
     return FeatureProcessor(settings, plans, rules_for(settings, plans))

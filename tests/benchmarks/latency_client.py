@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, required=True)
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--consumer", type=json.loads, default={}, help="JSON of consumer settings over CONSUMER")
     args = parser.parse_args()
     settings = Settings.model_validate(json.loads(args.settings.read_text()))
     send_topic = settings.topics.score_requests
@@ -63,7 +64,8 @@ def main() -> None:
     decoder, encoder = Serde("prediction" if args.mode == "pipeline" else "score_request"), Serde("score_request")
 
     def read() -> None:
-        consumer = Consumer(settings.kafka, f"caller-{args.mode}-{args.seed}", [], client_suffix="caller", **CONSUMER)
+        conf = {**CONSUMER, **args.consumer}
+        consumer = Consumer(settings.kafka, f"caller-{args.mode}-{args.seed}", [], client_suffix="caller", **conf)
         try:
             # Every partition assigned at its end before the first send (no group: nothing to rebalance).
             partitions = consumer.raw.list_topics(read_topic, timeout=10).topics[read_topic].partitions

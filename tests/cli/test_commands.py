@@ -67,6 +67,7 @@ def _main(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captu
         (["features", "backfill", "--events", "/nope.parquet", "--start", "2026-01-01", "--end", "2026-01-02"], 2,
          "usage error: Invalid value for '--events': file '/nope.parquet' does not exist"),
         (["report", "--since", "90"], 2, "usage error: Invalid value for '--since': '90' has no unit"),
+        (["features", "run", "--engine", "flink"], 2, "usage error: Invalid value: --engine must be faust or kafka"),
         (["features", "backfill", "--events", __file__, "--start", "yesterday", "--end", "now"], 2,
          "usage error: Invalid value for '--start': cannot read 'yesterday' as a time"),
     ],
@@ -129,3 +130,27 @@ def test_topics_list_shows_every_topic_whole_at_80_columns() -> None:
         assert spec.name in cells  # folded, never cut
     assert "compacted" in text
     assert "…" not in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "keeps"),
+    [
+        (["features", "apply"], True),
+        (["--debug", "features", "apply"], True),
+        (["feast", "--", "apply"], True),
+        (["features", "run", "--engine", "kafka"], False),
+        (["features", "get", "--user", "u-1"], False),
+        (["inference", "run"], False),
+    ],
+)
+def test_feasts_type_checks_are_kept_only_where_user_definitions_load(
+    argv: list[str], keeps: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commands that import the definitions file keep feast's typeguard checks; the others start 3 s faster."""
+    from types import SimpleNamespace
+
+    import streamscore.cli as cli
+
+    monkeypatch.setattr(sys, "argv", ["streamscore", *argv])
+    ctx = SimpleNamespace(invoked_subcommand=next(a for a in argv if not a.startswith("-")))
+    assert cli._loads_user_definitions(ctx) is keeps  # type: ignore[arg-type]

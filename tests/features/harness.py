@@ -16,13 +16,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from confluent_kafka import KafkaException
+import redis
+from confluent_kafka import ConsumerGroupState, KafkaException
+from confluent_kafka.admin import AdminClient
 
 from streamscore.features import backfill
 from streamscore.features.plan import ViewPlan
 from streamscore.features.rules import EventRules
 from streamscore.generator import ARROW_SCHEMA
-from streamscore.kafka import Producer, group_lag
+from streamscore.kafka import Producer, admin_config, group_lag
 from streamscore.serde import Serde
 from streamscore.settings import Settings, child_env
 from streamscore.store import feature_store, quiet_feast
@@ -85,7 +87,8 @@ class ProcessorProcess:
 
 def isolated_run(base: Settings, data_dir: Path, name: str, *, redis_db: int, **features: Any) -> Settings:
     """Settings of one processor run: its own topics, consumer group, Redis database and data directory,
-    so runs sharing a stack never see each other's messages, offsets or online rows."""
+    so runs sharing a stack never see each other's messages, offsets or online rows. The database is
+    emptied first: a run of the same test on the other engine must not find the last run's rows there."""
     topics = base.topics.model_copy(
         update={
             "transactions": f"tx-{name}",
@@ -95,6 +98,8 @@ def isolated_run(base: Settings, data_dir: Path, name: str, *, redis_db: int, **
         }
     )
     redis_url = base.redis.url.rsplit("/", 1)[0] + f"/{redis_db}"
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushdb()
     return base.model_copy(
         update={
             "topics": topics,
@@ -126,6 +131,30 @@ def wait_caught_up(settings: Settings, proc: ProcessorProcess, timeout_s: float 
 
         time.sleep(0.5)
     raise AssertionError(f"processor still behind after {timeout_s}s (lag {lag(settings, topics)}):\n{proc.tail()}")
+
+
+def wait_split(settings: Settings, processes: int, timeout_s: float = 120.0) -> None:
+    """Wait until the group is stable and each input topic's partitions are held by ``processes`` members:
+    the processes share each topic, rather than one taking every partition of a topic."""
+    group = settings.features.group_id
+    topics = [settings.topics.transactions, settings.topics.transactions_by_merchant]
+    admin = AdminClient(admin_config(settings.kafka))
+    holders: dict[str, int] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            group_info = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+        except KafkaException:
+            group_info = None  # the coordinator is still loading: ask again
+        if group_info is not None and group_info.state == ConsumerGroupState.STABLE:
+            holders = {
+                t: sum(any(tp.topic == t for tp in m.assignment.topic_partitions) for m in group_info.members)
+                for t in topics
+            }
+            if all(n == processes for n in holders.values()):
+                return
+        time.sleep(0.25)
+    raise AssertionError(f"group {group} not split over {processes} processes after {timeout_s}s: {holders}")
 
 
 def accepted_events(frame: pd.DataFrame, rules_lag_ms: int) -> pd.DataFrame:

@@ -48,8 +48,10 @@ def _until_equal(s: Settings, frame: pd.DataFrame, tmp: Path, proc: ProcessorPro
             time.sleep(1)
 
 
-def test_lost_online_data_is_rewritten_from_state_and_redis_oom_only_delays(settings: Settings, tmp_path: Path) -> None:
-    s = _setup(settings, tmp_path, "repair", redis_db=11)
+def test_lost_online_data_is_rewritten_from_state_and_redis_oom_only_delays(
+    engine: str, settings: Settings, tmp_path: Path
+) -> None:
+    s = _setup(settings, tmp_path, "repair", redis_db=11, engine=engine)
     s = s.model_copy(update={"metrics_port": free_port()})
     frame = _frame(41)
     half = len(frame) // 2

@@ -32,6 +32,7 @@ from tests.features.harness import (
     produce,
     wait_caught_up,
     wait_lag,
+    wait_split,
 )
 from tests.kafka.helpers import drain
 
@@ -70,13 +71,13 @@ def _arrival_stream(seed: int) -> tuple[pd.DataFrame, list[tuple[str, bytes]]]:
 
 
 @pytest.fixture(params=["straight", "kill-9"])
-def run(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> tuple[str, Settings, Path]:
+def run(request: pytest.FixtureRequest, engine: str, settings: Settings, tmp_path: Path) -> tuple[str, Settings, Path]:
     name = f"{request.param}-{tmp_path.name[-12:]}".replace("_", "-")
     # Small batches in the kill run: slow enough to be killed mid-stream on a fast machine.
     straight = request.param == "straight"
     s = isolated_run(
         settings, tmp_path, name, redis_db=1 if straight else 2,
-        checkpoint_interval_s=0.5, allowed_lateness_s=LATENESS_S, batch_size=500 if straight else 40,
+        checkpoint_interval_s=0.5, allowed_lateness_s=LATENESS_S, batch_size=500 if straight else 40, engine=engine,
     )  # fmt: skip
     ensure_topics(s)
     apply_definitions(s)
@@ -91,7 +92,8 @@ def test_stream_and_backfill_agree_with_pandas(run: tuple[str, Settings, Path]) 
     # The kill run sends the last third only once the processor is frozen mid-stream: then the kill always
     # lands with events applied after the last snapshot and more still to come, however fast this machine is.
     held_back = len(frame) // 3 if mode == "kill-9" else 0
-    produce(settings, frame.iloc[: len(frame) - held_back], raw)
+    if mode == "kill-9":
+        produce(settings, frame.iloc[: len(frame) - held_back], raw)
 
     log = tmp / "processor.log"
     if mode == "kill-9":
@@ -110,11 +112,16 @@ def test_stream_and_backfill_agree_with_pandas(run: tuple[str, Settings, Path]) 
         ports = free_port(), free_port()
         one_settings, two_settings = (settings.model_copy(update={"metrics_port": p}) for p in ports)
         with ProcessorProcess(one_settings, log) as one, ProcessorProcess(two_settings, tmp / "second.log") as two:
+            wait_split(settings, 2)
+            produce(settings, frame, raw)
             wait_caught_up(settings, one)
             assert two.alive(), two.tail()
-            metrics = "".join(
-                urllib.request.urlopen(f"http://127.0.0.1:{p}/metrics", timeout=10).read().decode() for p in ports
-            )
+            pages = [urllib.request.urlopen(f"http://127.0.0.1:{p}/metrics", timeout=10).read().decode() for p in ports]
+            metrics = "".join(pages)
+        # Each topic is split between the two, not one topic to each (the ingest stage is most of the work).
+        for stage in ("features-ingest", "features-rekey"):
+            counted = [_sample(page, "streamscore_features_events_in_total", stage) for page in pages]
+            assert all(n > 0 for n in counted), (stage, counted, one.tail(), two.tail())
         assert "Traceback" not in two.log.read_text(), two.tail()
     else:  # the restarted processor has nothing local: its state comes back from Kafka, checked
         for local in ("faust", "features"):
@@ -155,3 +162,8 @@ def test_stream_and_backfill_agree_with_pandas(run: tuple[str, Settings, Path]) 
     if mode == "straight":
         expected_dead = len(frame) + len(raw) - len(accepted)
         assert sum(reasons.values()) == expected_dead, reasons
+
+
+def _sample(page: str, name: str, stage: str) -> float:
+    prefix = f'{name}{{stage="{stage}"'
+    return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines() if line.startswith(prefix))

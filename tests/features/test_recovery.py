@@ -75,8 +75,8 @@ def _metric(port: int, name: str) -> float:
 
 
 @pytest.mark.parametrize("stop", ["clean"])  # kill -9: tests/features/test_pipeline.py, the same way
-def test_a_new_host_with_an_empty_disk_takes_over(settings: Settings, tmp_path: Path, stop: str) -> None:
-    s = _setup(settings, tmp_path, f"host-{stop}", redis_db=3 if stop == "clean" else 4)
+def test_a_new_host_with_an_empty_disk_takes_over(engine: str, settings: Settings, tmp_path: Path, stop: str) -> None:
+    s = _setup(settings, tmp_path, f"host-{stop}", redis_db=3 if stop == "clean" else 4, engine=engine)
     plans, frame = load_plans(s), _frame(seed=21)
     first, second = len(frame) // 3, 2 * len(frame) // 3
     produce(s, frame.iloc[:first], [])
@@ -101,8 +101,8 @@ def test_a_new_host_with_an_empty_disk_takes_over(settings: Settings, tmp_path: 
     assert check_against_backfill(s, plans, rules_for(s, plans), frame, tmp_path) > 60 * 14
 
 
-def test_partitions_move_between_processes_while_events_flow(settings: Settings, tmp_path: Path) -> None:
-    s = _setup(settings, tmp_path, "rebalance", redis_db=5)
+def test_partitions_move_between_processes_while_events_flow(engine: str, settings: Settings, tmp_path: Path) -> None:
+    s = _setup(settings, tmp_path, "rebalance", redis_db=5, engine=engine)
     plans, frame = load_plans(s), _frame(seed=22, events=3000)
     produce(s, frame.iloc[:1000], [])
     one = ProcessorProcess(_on(s, tmp_path / "one"), tmp_path / "one.log").start()
@@ -127,9 +127,9 @@ def test_partitions_move_between_processes_while_events_flow(settings: Settings,
     assert check_against_backfill(s, plans, rules_for(s, plans), frame, tmp_path) > 60 * 14
 
 
-def test_a_feature_added_to_a_view_is_rebuilt_from_the_source(settings: Settings, tmp_path: Path) -> None:
+def test_a_feature_added_to_a_view_is_rebuilt_from_the_source(engine: str, settings: Settings, tmp_path: Path) -> None:
     # A long idle margin: the rebuild replays the whole (3 h) stream, so every entity can be checked.
-    s = _setup(settings, tmp_path, "definitions", redis_db=6, idle_margin_s=12 * 3600.0)
+    s = _setup(settings, tmp_path, "definitions", redis_db=6, idle_margin_s=12 * 3600.0, engine=engine)
     frame = _frame(seed=23)
     produce(s, frame.iloc[: len(frame) // 2], [])
     with ProcessorProcess(_on(s, tmp_path / "v1"), tmp_path / "v1.log") as proc:
@@ -180,8 +180,8 @@ def _checkpoints(s: Settings) -> list[confluent_kafka.Message]:
     return out
 
 
-def test_an_older_checkpoint_is_detected_and_rebuilt(settings: Settings, tmp_path: Path) -> None:
-    s = _setup(settings, tmp_path, "stale", redis_db=7, idle_margin_s=12 * 3600.0)
+def test_an_older_checkpoint_is_detected_and_rebuilt(engine: str, settings: Settings, tmp_path: Path) -> None:
+    s = _setup(settings, tmp_path, "stale", redis_db=7, idle_margin_s=12 * 3600.0, engine=engine)
     plans, frame = load_plans(s), _frame(seed=24)
     produce(s, frame.iloc[: len(frame) // 3], [])
     with ProcessorProcess(_on(s, tmp_path / "h1"), tmp_path / "h1.log") as proc:
@@ -206,8 +206,8 @@ def test_an_older_checkpoint_is_detected_and_rebuilt(settings: Settings, tmp_pat
 QUIET = {"out_of_order_rate": 0.0, "late_rate": 0.0}  # no event far behind its partition
 
 
-def test_idle_entities_are_evicted_and_come_back_right(settings: Settings, tmp_path: Path) -> None:
-    s = _setup(settings, tmp_path, "evict", redis_db=8, idle_margin_s=0.0)
+def test_idle_entities_are_evicted_and_come_back_right(engine: str, settings: Settings, tmp_path: Path) -> None:
+    s = _setup(settings, tmp_path, "evict", redis_db=8, idle_margin_s=0.0, engine=engine)
     plans = load_plans(s)
     # 200 cards active for an hour; then a day and more of 20 other cards (the first ones idle past the 24 h
     # windows); then a few of the first cards come back.
@@ -242,8 +242,8 @@ def test_idle_entities_are_evicted_and_come_back_right(settings: Settings, tmp_p
     assert check_against_backfill(s, plans, rules_for(s, plans), frame, tmp_path) > idle * 10
 
 
-def test_a_recreated_topic_is_read_from_its_start(settings: Settings, tmp_path: Path) -> None:
-    s = _setup(settings, tmp_path, "recreated", redis_db=9)
+def test_a_recreated_topic_is_read_from_its_start(engine: str, settings: Settings, tmp_path: Path) -> None:
+    s = _setup(settings, tmp_path, "recreated", redis_db=9, engine=engine)
     plans = load_plans(s)
     before = _frame(seed=25, events=1500)
     produce(s, before, [])

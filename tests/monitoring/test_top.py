@@ -173,7 +173,7 @@ def test_every_queried_metric_is_exported() -> None:
     """A metric renamed in a service must not leave `top` or `report` silently showing "no data"."""
     from prometheus_client import REGISTRY
 
-    import streamscore.features.app
+    import streamscore.features.processor
     import streamscore.inference.reports
     import streamscore.inference.worker
     import streamscore.kafka.deadletter

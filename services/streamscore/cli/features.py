@@ -47,11 +47,26 @@ def features_plan(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 
 
 @features_app.command("run")
-def features_run(ctx: typer.Context) -> None:
+def features_run(
+    ctx: typer.Context,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="faust or kafka (a plain confluent-kafka consumer); default: STREAMSCORE_FEATURES__ENGINE, faust.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """The stream processor: Kafka transactions → windowed features → Feast online store (Redis)."""
     from streamscore.features.runner import run_processor
 
-    run_processor(settings_of(ctx))
+    settings = settings_of(ctx)
+    if engine not in (None, "faust", "kafka"):
+        raise typer.BadParameter("--engine must be faust or kafka")
+    if engine is not None:
+        features = settings.features.model_copy(update={"engine": engine})
+        settings = settings.model_copy(update={"features": features})
+    run_processor(settings)
 
 
 @features_app.command("resync")
@@ -162,12 +177,33 @@ def features_backfill(
     end: Annotated[datetime, instant("Last instant.")],
     materialize: Annotated[bool, typer.Option(help="Also write the values as of --end to the online store.")] = False,
     force: Annotated[bool, typer.Option(help="Replace existing tables even when no event falls in the range.")] = False,
+    engine: Annotated[
+        str | None, typer.Option(help="duckdb (this machine) or spark; default: setting features.backfill_engine.")
+    ] = None,
+    master: Annotated[
+        str | None,
+        typer.Option(
+            help="Spark master for --engine spark (local[4], spark://host:7077, yarn); default: features.spark_master."
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Compute the same features over history: offline tables for training, optionally the online store."""
     from streamscore.features import backfill, load_plans, rules_for
 
     settings = settings_of(ctx)
+    engine = engine or settings.features.backfill_engine
+    if engine not in ("duckdb", "spark"):
+        raise typer.BadParameter("--engine must be duckdb or spark")
+    if master is not None and engine != "spark":
+        raise typer.BadParameter("--master is for --engine spark")
+    if engine == "spark":
+        from functools import partial
+
+        from streamscore.features.backfill_spark import backfill_spark, require_spark
+
+        require_spark()  # before anything else: one line saying what to install
+        backfill = partial(backfill_spark, master=master or settings.features.spark_master)
     plans = load_plans(settings)
     existing = [p for p in plans if (settings.data_dir / "offline" / f"{p.name}.parquet").exists()]
     if existing and not force:

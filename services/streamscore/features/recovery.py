@@ -34,7 +34,7 @@ from streamscore.features.changelog import Restored, StateLog, new_epoch
 from streamscore.features.plan import ViewPlan
 from streamscore.features.stages import NO_TIME, InRecord, OnlineRows, PartitionState, StageOutput, online_rows
 from streamscore.features.state import ViewState
-from streamscore.kafka import admin_config, consumer_config, message_headers
+from streamscore.kafka import admin_config, consumer_config
 from streamscore.serde import SerdeError
 from streamscore.settings import Settings
 
@@ -316,14 +316,8 @@ def _read(
                 continue
             idle_since = time.monotonic()
             position = max(m.offset() or 0 for m in msgs) + 1
-            batch = [_record(m) for m in msgs if (m.offset() or 0) < end]
+            batch = [InRecord.of(m) for m in msgs if (m.offset() or 0) < end]
             if batch:
                 yield batch
     finally:
         consumer.unassign()
-
-
-def _record(msg: confluent_kafka.Message) -> InRecord:
-    return InRecord(
-        msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(), message_headers(msg)
-    )

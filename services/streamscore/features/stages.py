@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
+import confluent_kafka
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -64,6 +65,13 @@ class InRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: list[Header]
+
+    @classmethod
+    def of(cls, msg: confluent_kafka.Message) -> InRecord:
+        """A consumed message (a consumer gives headers as a list of (str, bytes | None), or None)."""
+        raw: list[tuple[str, bytes | None]] | None = msg.headers()  # type: ignore[assignment]  # stubs: any header
+        headers = [(k, v or b"") for k, v in raw] if raw else []
+        return cls(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(), headers)
 
 
 @dataclass

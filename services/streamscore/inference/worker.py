@@ -127,7 +127,8 @@ class InferenceWorker:
             settings.kafka, cfg.group_id, [self.topics.score_requests], client_suffix="inference",
             **{"group.instance.id": self.worker_id, "session.timeout.ms": int(cfg.session_timeout_s * 1000)},
         )  # fmt: skip
-        producer_overrides: dict[str, Any] = {"linger.ms": 1}
+        # A prediction leaves within 1 ms; an operator's linger.ms in STREAMSCORE_KAFKA__EXTRA wins.
+        producer_overrides: dict[str, Any] = {} if "linger.ms" in settings.kafka.extra else {"linger.ms": 1}
         if self.exactly_once:
             # A transaction left open by a crash blocks read_committed readers until it times out, unless the
             # restarted worker (same name, see instance.py) fences it first; keep the timeout short anyway.

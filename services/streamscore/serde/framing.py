@@ -49,6 +49,7 @@ SINGLE_OBJECT_MAGIC: Final = b"\xc3\x01"
 CONFLUENT_MAGIC: Final = b"\x00"
 _SINGLE_OBJECT_HEADER: Final = len(SINGLE_OBJECT_MAGIC) + 8
 _CONFLUENT_HEADER: Final = len(CONFLUENT_MAGIC) + 4
+_BYTES_LIKE: Final = (bytes, bytearray, memoryview)  # a tuple: ``bytes | ...`` builds a union on every call
 
 
 class Serde:
@@ -179,7 +180,7 @@ class Serde:
         """
         if data is None:
             raise SerdeError("truncated", "empty message (None)")
-        if not isinstance(data, bytes | bytearray | memoryview):
+        if not isinstance(data, _BYTES_LIKE):
             raise SerdeError("corrupt", f"expected bytes, got {type(data).__name__}")
         size = len(data)
         if size == 0:
