@@ -17,7 +17,7 @@ CLASSES ?= ScoreRequestUser
 .PHONY: help install system-deps venv jars up down status test lint fmt demo bench soak loadtest clean
 
 help:
-	@echo "make install  - Debian packages, .venv with streamscore[dev], Kafka jars"
+	@echo "make install  - Debian packages, .venv with streamscore[dev,spark], Kafka jars"
 	@echo "make up/down  - start/stop the local Kafka + Redis + Prometheus (data kept; 'make down WIPE=1' deletes it)"
 	@echo "make test     - install, then the whole test suite against a real broker and Redis"
 	@echo "make demo     - install, start the stack, then the whole loop: history -> train -> serve -> drift -> retrain"
@@ -51,7 +51,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ required"; exit 1; }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,spark]'
 	touch $@
 
 jars: venv

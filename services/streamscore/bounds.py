@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = ["InputBounds"]
 
@@ -57,10 +58,21 @@ class InputBounds:
         found = self.amount_problem(record.get(amount))
         return None if found is None else f"amount-{found}"
 
-    def sql_valid(self, ids: tuple[str, ...], amount: str = "amount") -> str:
-        """A DuckDB predicate true exactly where :meth:`problem` finds none (the backfill's filter)."""
-        checks = [f"regexp_full_match(\"{key}\", '[^{_CONTROL}]{{1,{self.max_id_length}}}')" for key in ids]
-        checks.append(
-            f'"{amount}" IS NOT NULL AND isfinite("{amount}") AND "{amount}" BETWEEN 0 AND {self.max_amount!r}'
-        )
+    def sql_valid(
+        self, ids: tuple[str, ...], amount: str = "amount", *, dialect: Literal["duckdb", "spark"] = "duckdb"
+    ) -> str:
+        """A SQL predicate true exactly where :meth:`problem` finds none (the backfill's filter), for DuckDB or
+        Spark SQL. Spark has neither ``regexp_full_match`` nor ``isfinite``: an anchored Java regex in a raw
+        string (``\\z``: the very end, where ``$`` would also match before a final newline), and ``isnan`` (NaN
+        sorts above every number in Spark, infinities fall outside the bounds)."""
+        if dialect == "spark":
+            checks = [f"`{key}` RLIKE r'^[^{_CONTROL}]{{1,{self.max_id_length}}}\\z'" for key in ids]
+            checks.append(
+                f"`{amount}` IS NOT NULL AND NOT isnan(`{amount}`) AND `{amount}` BETWEEN 0 AND {self.max_amount!r}D"
+            )
+        else:
+            checks = [f"regexp_full_match(\"{key}\", '[^{_CONTROL}]{{1,{self.max_id_length}}}')" for key in ids]
+            checks.append(
+                f'"{amount}" IS NOT NULL AND isfinite("{amount}") AND "{amount}" BETWEEN 0 AND {self.max_amount!r}'
+            )
         return " AND ".join(f"({c})" for c in checks)

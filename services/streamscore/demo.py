@@ -1,10 +1,11 @@
 """`make demo`: the whole loop on the local stack, told in chapters, in about six minutes.
 
 1. The stack (Kafka, Redis, Prometheus) and Avro transactions through Kafka and back.
-2. History: generated transactions to Kafka (the log the stream processor replays) and to Parquet.
+2. History: generated transactions to Kafka (the log the stream processor replays) and to Parquet, with a
+   day of warm-up before them (Parquet only) that fills the 24 h windows.
 3. Backfill: the same feature definitions over the Parquet history, into Feast's offline tables.
-4. Training: Feast's point-in-time training set, an MLP exported to ONNX, checked, gated, registered in
-   MLflow and promoted to champion.
+4. Training: Feast's point-in-time training set of the whole history (the ASOF offline store), an MLP
+   exported to ONNX, checked, gated, registered in MLflow and promoted to champion.
 5. Services: the stream processor catches up on history; an inference worker and the retrainer
    (``retrain-on-drift``) start. Prometheus discovers all three.
 6. Live traffic, each transaction behind its score request, with drift injected part-way (amounts, channel
@@ -270,21 +271,25 @@ def run_demo(
     ensure_topics(settings)
     apply_definitions(settings)
     now = datetime.now(tz=UTC).replace(microsecond=0)
-    # One stream of the same cards and merchants: 48 h of history from noon UTC five days ago (the 24 h windows
-    # fill on the first day and hold steady on the second), then the live part from the third day's noon: a
-    # quiet stretch, the drift (amounts x2.5, 40% of purchases move online, new merchants) and more drifted
-    # traffic after the retrain. Traffic follows a daily cycle, so the time of day is fixed: every training and
-    # test window falls in the day, when there are frauds to learn from. The live part is held back until the
-    # model serves, then replayed hundreds of times faster than event time.
-    total = history_events + live_events + drifted_events + after_events
+    # One stream of the same cards and merchants: a day of warm-up from noon UTC six days ago (Parquet only: it
+    # fills the 24 h windows, so the history's first transactions have whole ones), 48 h of history from noon
+    # five days ago, then the live part from the third day's noon: a quiet stretch, the drift (amounts x2.5, 40%
+    # of purchases move online, new merchants) and more drifted traffic after the retrain. Traffic follows a
+    # daily cycle, so the time of day is fixed: every training and test window falls in the day, when there are
+    # frauds to learn from. The live part is held back until the model serves, then replayed hundreds of times
+    # faster than event time.
+    warmup = timedelta(hours=24)
+    total = history_events * 3 // 2 + live_events + drifted_events + after_events  # the warm-up: ~half the 48 h
     rate = history_events / (48 * 3600)
-    start = now.replace(hour=12, minute=0, second=0) - timedelta(days=5)
+    start = now.replace(hour=12, minute=0, second=0) - timedelta(days=5) - warmup
+    history_from = start + warmup
     undrifted = GeneratorConfig(events=total, rate=rate, seed=1, start=start, users=2000, merchants=300,
                                 fraud_rate=0.01)  # fmt: skip
     times = generate_frame(undrifted)["event_time"].sort_values()
-    split = times.iloc[history_events].to_pydatetime()
-    drift_at = times.iloc[history_events + live_events].to_pydatetime()
-    retrain_split = times.iloc[history_events + live_events + drifted_events].to_pydatetime()
+    first = int((times < history_from).sum())  # the history's first transaction
+    split = times.iloc[first + history_events].to_pydatetime()
+    drift_at = times.iloc[first + history_events + live_events].to_pydatetime()
+    retrain_split = times.iloc[first + history_events + live_events + drifted_events].to_pydatetime()
     final_split = times.iloc[total - after_events // 4].to_pydatetime()
     stream = GeneratorConfig(events=total, rate=rate, seed=1, start=start, users=2000, merchants=300,
                              fraud_rate=0.01, drift_at=drift_at)  # fmt: skip
@@ -294,9 +299,10 @@ def run_demo(
     parquet.parent.mkdir(parents=True, exist_ok=True)
     clock = time.perf_counter()
     write_parquet(stream, parquet)
-    sent = produce_to_kafka(stream, settings, where=lambda r: r["event_time"] < split)
-    console.print(f"{sent:,} events from {stream.start:%Y-%m-%d %H:%M} to {split:%Y-%m-%d %H:%M} UTC → Kafka; "
-                  f"the whole stream → {parquet} ({time.perf_counter() - clock:.1f}s)")  # fmt: skip
+    sent = produce_to_kafka(stream, settings, where=lambda r: history_from <= r["event_time"] < split)
+    console.print(f"{sent:,} events from {history_from:%Y-%m-%d %H:%M} to {split:%Y-%m-%d %H:%M} UTC → Kafka; "
+                  f"the whole stream, with {first:,} events of warm-up the day before → {parquet} "
+                  f"({time.perf_counter() - clock:.1f}s)")  # fmt: skip
 
     console.rule("3. Backfill from the same Feast definitions")
     plans = load_plans(settings)
@@ -319,9 +325,12 @@ def run_demo(
     console.rule("4. Train, check and register the model")
     from streamscore.training import train
 
-    # The second day only: on the first, the 24 h windows are still filling, which live traffic never sees (and
-    # the drift monitor would rightly flag, measured against a reference that includes them).
-    result = train(settings, events=parquet, start=stream.start + timedelta(hours=24), end=split, kind="mlp", seed=0)
+    # The whole history through the ASOF offline store (one get_historical_features call). Not the warm-up: its
+    # 24 h windows are still filling, which live traffic never sees (and the drift monitor would rightly flag,
+    # measured against a reference that includes them).
+    console.print(f"training on the whole history, {history_from:%Y-%m-%d %H:%M} to {split:%Y-%m-%d %H:%M} UTC "
+                  f"(the warm-up day before it only fills the 24 h windows)")  # fmt: skip
+    result = train(settings, events=parquet, start=history_from, end=split, kind="mlp", seed=0)
     gate = result.gate
     console.print(
         f"{sum(result.rows.values()):,} labelled rows ({result.positives['train']:,} frauds in training); test "

@@ -1,8 +1,8 @@
 """Run the benchmarks and print Markdown for BENCHMARKS.md (machine and date included).
 
 ``python -m tests.benchmarks`` runs every module; arguments select some (``features``, ``serde``, ``models``,
-``reader``, ``inference``, ``locust``, ``state``, ``cli``, ``offline``), and ``features:profile,backfill`` runs
-only those parts of the feature benchmarks.
+``reader``, ``inference``, ``locust``, ``state``, ``cli``, ``offline``, ``train``, ``backfill_engines``), and
+``features:profile,backfill`` runs only those parts of the feature benchmarks (``backfill_engines:2m``: 2M events).
 Progress goes to stderr, the Markdown to stdout.
 """
 
@@ -59,6 +59,18 @@ def _offline(parts: list[str] | None) -> str:
     return bench_offline.run(parts)
 
 
+def _train(parts: list[str] | None) -> str:
+    from tests.benchmarks import bench_train
+
+    return bench_train.run(parts)
+
+
+def _backfill_engines(parts: list[str] | None) -> str:
+    from tests.benchmarks import bench_backfill_engines
+
+    return bench_backfill_engines.run(parts)
+
+
 def _cli(parts: list[str] | None) -> str:
     from tests.benchmarks import bench_cli
 
@@ -74,7 +86,7 @@ def _locust(parts: list[str] | None) -> str:
 MODULES: dict[str, Callable[[list[str] | None], str]] = {
     "serde": _serde, "features": _features, "models": _models, "reader": _reader, "inference": _inference,
     "locust": _locust, "state": _state, "cli": _cli,
-    "offline": _offline,
+    "offline": _offline, "train": _train, "backfill_engines": _backfill_engines,
 }  # fmt: skip
 
 

@@ -30,7 +30,8 @@ from streamscore.training import train
 pytestmark = pytest.mark.integration
 
 HISTORY, DRIFTED, AFTER = 12_000, 12_000, 600
-RETRAIN = {"min_reports": 3, "min_drifted_features": 3, "window_h": 1.0, "cooldown_s": 3600.0}
+# The buffer is a fraction of the window (~24k transactions with its warm-up): the export spills to disk.
+RETRAIN = {"min_reports": 3, "min_drifted_features": 3, "window_h": 1.0, "cooldown_s": 3600.0, "buffer_rows": 2000}
 POPULATION = {"users": 300, "merchants": 60, "fraud_rate": 0.03, "seed": 3, "rate": 2.0}
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,9 +14,10 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from streamscore.generator import GeneratorConfig, produce_to_kafka, start_ending_by
 from streamscore.kafka import Consumer, Producer, read_dead_letter
 from streamscore.models import Registry
-from streamscore.retrain import Retrainer, decisions
+from streamscore.retrain import Retrainer, decisions, retrain_now
 from streamscore.serde import Serde
 from streamscore.settings import Settings
 from tests.inference.helpers import served_settings
@@ -128,3 +132,29 @@ def test_a_crash_mid_streak_replays_the_streak(watched: Settings) -> None:
         assert "3 drifted reports in a row" in decisions(s)[-2].detail
     finally:
         again.consumer.close()
+
+
+def test_a_retrain_over_a_window_many_times_its_buffer_succeeds(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = served_settings(settings, tmp_path)
+    topic = f"tx-{uuid.uuid4().hex[:8]}"
+    create_topic(s, topic, 3)
+    s = s.model_copy(
+        update={
+            "topics": s.topics.model_copy(update={"transactions": topic}),
+            "retrain": s.retrain.model_copy(update={"window_h": 6.0, "warmup_h": 2.0, "buffer_rows": 250}),
+            "training": s.training.model_copy(update={"min_positives": 5, "max_epochs": 5}),
+        }
+    )
+    config = GeneratorConfig(events=8000, rate=0.3, seed=5, users=400, merchants=60, fraud_rate=0.04)
+    produce_to_kafka(replace(config, start=start_ending_by(config, datetime.now(tz=UTC) - timedelta(minutes=1))), s)
+    with caplog.at_level(logging.INFO, logger="streamscore.retrain"):
+        outcome = retrain_now(s, "a test: a window of 8,000 transactions through a buffer of 250")
+    assert outcome.outcome in ("promoted", "rejected"), outcome.detail
+    assert outcome.version is not None
+    (read,) = [m for r in caplog.records if (m := re.match(r"(\d+) transactions .* in (\d+) spill", r.getMessage()))]
+    rows, spills = int(read[1]), int(read[2])
+    assert rows == 8000
+    assert spills >= rows // 250  # never more than 250 decoded transactions held
+    assert not list((s.data_dir / "retrain").iterdir())  # the window and its spill files are gone

@@ -77,6 +77,7 @@ def test_train_json_reports_version_promotion_and_hash(trained: Trained, history
     assert set(first["rows"]) == {"train", "validation", "test"}
     assert first["windows"]["train"][0] == history.start.isoformat()
     assert any("does not beat champion" in r for r in second["gate"]["reasons"])
+    assert set(first["seconds"]) == {"dataset", "fit", "export", "gate", "register"}
 
 
 def test_models_list_shows_versions_with_aliases_hashes_and_metrics(trained: Trained) -> None:

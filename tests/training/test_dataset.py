@@ -247,6 +247,22 @@ def test_progress_reaches_the_row_count(built: tuple[TrainingSet, list]) -> None
     assert calls[-1] == (len(data.frame), len(data.frame))
 
 
+def test_feasts_duckdb_store_asked_in_chunks_gives_the_same_training_set(
+    settings: Settings, history: History, window: tuple[datetime, datetime], built: tuple[TrainingSet, list]
+) -> None:
+    data, calls = built
+    assert len(calls) == 1  # the ASOF store answers every label row in one call
+    feasts = settings.model_copy(update={"training": settings.training.model_copy(update={"offline_store": "duckdb"})})
+    chunks: list[tuple[int, int]] = []
+    theirs = build_training_set(
+        feasts, feature_store(feasts), history.events, *window, progress=lambda d, t: chunks.append((d, t))
+    )
+    rows = len(data.frame)
+    assert rows > 10_000
+    assert [done for done, _ in chunks] == [*range(10_000, rows, 10_000), rows]  # Feast's store: 10k a call
+    pd.testing.assert_frame_equal(theirs.frame, data.frame, check_exact=True)
+
+
 def test_duplicate_deliveries_collapse_to_their_first_arrival(
     settings: Settings, data: TrainingSet, history: History, window: tuple[datetime, datetime], tmp_path: Path
 ) -> None:

@@ -107,6 +107,8 @@ def test_the_result_describes_the_training_set(trained: Trained, data: TrainingS
     assert first.card.metrics["rows"] == first.rows["test"]
     assert 0.0 <= first.max_abs_diff <= trained.settings.training.equivalence_tolerance
     assert 0.0 < first.card.threshold < 1.0
+    assert list(first.seconds) == ["dataset", "fit", "export", "gate", "register"]  # each phase timed, in order
+    assert all(s > 0 for s in first.seconds.values())
 
 
 def test_the_first_model_is_promoted(trained: Trained) -> None:

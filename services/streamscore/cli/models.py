@@ -60,9 +60,10 @@ def models_train(
         for reason in gate.reasons:
             console.print(f"  {'✓' if 'does not' not in reason and 'could not' not in reason else '✗'} {reason}")
         verdict = "[green]promoted to champion[/]" if result.promoted else "[yellow]registered as challenger only[/]"
+        phases = ", ".join(f"{phase} {s:.1f}s" for phase, s in result.seconds.items())
         return (
             f"v{result.version} {verdict}; sha256 {result.sha256[:16]}…, threshold {result.card.threshold:.3f}, "
-            f"ONNX vs source max |diff| {result.max_abs_diff:.2e}, runs on {result.provider}"
+            f"ONNX vs source max |diff| {result.max_abs_diff:.2e}, runs on {result.provider}\n{phases}"
         )
 
     emit(as_json, result.to_dict(), human)

@@ -5,7 +5,8 @@ drops exactly what the stream drops, decided the same way: invalid rows, repeate
 late against their user's watermark in *arrival* order. It then runs each view's kernel in event-time order
 per entity (DuckDB sorts, spilling to disk past its memory limit, so memory stays bounded) and writes one
 row per (entity, event time) with the window values right after that instant: the offline feature table
-Feast's ``get_historical_features`` joins point-in-time.
+Feast's ``get_historical_features`` joins point-in-time. :mod:`streamscore.features.backfill_spark` runs the same
+rules and the same :class:`SortedRun` step on Spark.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from streamscore.features.plan import ViewPlan
 from streamscore.features.rules import EventRules
 from streamscore.features.state import ViewState
 
-__all__ = ["BackfillReport", "ViewOutput", "backfill"]
+__all__ = ["BackfillReport", "SortedRun", "SortedStep", "ViewOutput", "backfill", "offline_batch", "offline_schema"]
 
 Progress = Callable[[str, int, int], None]  # (view, rows done, rows total)
 OnlineSink = Callable[[ViewPlan, list[str], np.ndarray, np.ndarray], None]  # plan, ids, values, event ms
@@ -88,7 +89,8 @@ def _accepted_sql(path: Path, rules: EventRules, lo_ms: int, hi_ms: int, columns
     """
 
 
-def _arrow_schema(plan: ViewPlan) -> pa.Schema:
+def offline_schema(plan: ViewPlan) -> pa.Schema:
+    """The offline table's Arrow schema: entity key, ``event_timestamp`` (ms, UTC), the features in plan order."""
     fields = [pa.field(plan.entity_key, pa.string()), pa.field("event_timestamp", pa.timestamp("ms", tz="UTC"))]
     fields += [pa.field(f.name, pa.int64() if f.is_integer else pa.float64()) for f in plan.features]
     return pa.schema(fields)
@@ -98,6 +100,85 @@ def _batches(con: duckdb.DuckDBPyConnection, sql: str, chunk_rows: int) -> Itera
     reader = con.sql(sql).to_arrow_reader(chunk_rows)
     assert reader is not None
     yield from reader
+
+
+@dataclass(frozen=True)
+class SortedStep:
+    """Rows out of :class:`SortedRun`: each row's entity, time and features right after it."""
+
+    entity: pa.Array
+    times: np.ndarray
+    feats: np.ndarray
+    keep: np.ndarray  # rows of the offline table: the last of its (entity, instant), from ``start`` on
+    last: np.ndarray  # the last row of its entity: its values as of its newest event (``--materialize``)
+
+
+class SortedRun:
+    """One view's kernels over rows sorted by (entity, time_ms, arrival), fed batch by batch: the step both
+    engines run, the DuckDB engine over one sorted query, the Spark engine over each sorted partition.
+
+    A batch has the columns ``entity``, ``time_ms``, the plan's numeric columns and, for a distinct count,
+    ``distinct_value`` (any non-negative 64-bit hash of the value). Batches can be cut anywhere: an entity
+    going on into the next batch keeps its state row (moved to row 0), and each batch's final row comes out
+    with the next step (or :meth:`finish`), once it is known whether the next row is the same entity at the
+    same instant. (Decided within the batch alone, such a pair split by a cut gave two rows for one instant,
+    and an entity ending at a cut was not counted.)
+    """
+
+    def __init__(self, plan: ViewPlan, start_ms: int) -> None:
+        self.plan = plan
+        self.start_ms = start_ms
+        self.state = ViewState(plan)
+        self.carry: pa.Scalar | None = None  # the entity in row 0, continued from the previous batch
+        self._held: SortedStep | None = None  # the previous batch's final row, keep and last not yet known
+
+    def step(self, batch: pa.RecordBatch) -> SortedStep:
+        """Apply a non-empty batch; the rows decided so far: the previous batch's final row, and this batch's
+        rows but its final one."""
+        plan, state = self.plan, self.state
+        n = batch.num_rows
+        entity = batch.column("entity")
+        times = batch.column("time_ms").to_numpy().astype(np.int64)
+        values = np.empty((n, len(plan.numeric_columns)), np.float64)
+        for c, name in enumerate(plan.numeric_columns):
+            values[:, c] = batch.column(name).to_numpy()
+        dvals = batch.column("distinct_value").to_numpy().astype(np.int64) if plan.distinct_column else None
+
+        # Entities are sorted: each run of one entity gets its own row; row 0 continues the last batch's.
+        same = np.zeros(n, np.bool_)
+        same[1:] = pc.equal(entity[1:], entity[:-1]).to_numpy(zero_copy_only=False)
+        same[0] = self.carry is not None and entity[0] == self.carry
+        rows = np.cumsum(~same).astype(np.int64)
+        state.ensure_rows(int(rows[-1]) + 1)
+        feats, _ = state.apply_and_read(rows, times, values, dvals)
+
+        # One row per (entity, instant): the values after the last event at that instant.
+        next_same = np.zeros(n, np.bool_)
+        next_same[:-1] = same[1:] & (times[1:] == times[:-1])
+        keep = ~next_same & (times >= self.start_ms)
+        last = np.ones(n, np.bool_)
+        last[:-1] = ~same[1:]
+        self.carry = entity[n - 1]
+        state.move_row(int(rows[-1]), 0)
+
+        out = SortedStep(entity.slice(0, n - 1), times[:-1], feats[:-1], keep[:-1], last[:-1])
+        held, self._held = self._held, SortedStep(entity.slice(n - 1), times[-1:], feats[-1:], keep[-1:], last[-1:])
+        if held is None:
+            return out
+        held.keep[0] &= not (same[0] and times[0] == held.times[0])
+        held.last[0] = not same[0]
+        return SortedStep(
+            pa.concat_arrays([held.entity, out.entity]),
+            np.concatenate([held.times, out.times]),
+            np.concatenate([held.feats, out.feats]),
+            np.concatenate([held.keep, out.keep]),
+            np.concatenate([held.last, out.last]),
+        )
+
+    def finish(self) -> SortedStep | None:
+        """The last batch's final row (the last of its entity), or None without any batch."""
+        held, self._held = self._held, None
+        return held
 
 
 def _run_view(
@@ -120,59 +201,41 @@ def _run_view(
         "ORDER BY entity, time_ms, arrival"
     )
     out = ViewOutput(plan.name, out_dir / f"{plan.name}.parquet")
-    schema = _arrow_schema(plan)
-    state = ViewState(plan)
-    carry: pa.Scalar | None = None  # the entity in row 0, continued from the previous batch
+    schema = offline_schema(plan)
+    run = SortedRun(plan, start_ms)
     done = 0
     tmp = out.path.with_suffix(".parquet.partial")
     with pq.ParquetWriter(tmp, schema, compression="lz4") as writer:
+
+        def emit(step: SortedStep) -> None:
+            if not len(step.times):  # a first batch of one row: that row waits for the next
+                return
+            writer.write_batch(offline_batch(schema, plan, step.entity, step.times, step.feats, step.keep))
+            out.rows += int(step.keep.sum())
+            out.entities += int(step.last.sum())
+            if online is not None:
+                ids = pc.filter(step.entity, pa.array(step.last)).to_pylist()
+                online(plan, ids, step.feats[step.last], step.times[step.last])
+
         for batch in _batches(con, sql, chunk_rows):
             n = batch.num_rows
             if n == 0:
                 continue
-            entity = batch.column("entity")
-            times = batch.column("time_ms").to_numpy().astype(np.int64)
-            values = np.empty((n, len(plan.numeric_columns)), np.float64)
-            for c, name in enumerate(plan.numeric_columns):
-                values[:, c] = batch.column(name).to_numpy()
-            dvals = batch.column("distinct_value").to_numpy().astype(np.int64) if plan.distinct_column else None
-
-            # Entities are sorted: each run of one entity gets its own row; row 0 continues the last batch's.
-            same = np.zeros(n, np.bool_)
-            same[1:] = pc.equal(entity[1:], entity[:-1]).to_numpy(zero_copy_only=False)
-            same[0] = carry is not None and entity[0] == carry
-            rows = np.cumsum(~same).astype(np.int64)
-            state.ensure_rows(int(rows[-1]) + 1)
-            feats, _ = state.apply_and_read(rows, times, values, dvals)
-
-            # One row per (entity, instant): the values after the last event at that instant.
-            next_same = np.zeros(n, np.bool_)
-            next_same[:-1] = same[1:] & (times[1:] == times[:-1])
-            keep = ~next_same & (times >= start_ms)
-            writer.write_batch(_record_batch(schema, plan, entity, times, feats, keep))
-            out.rows += int(keep.sum())
-
-            last_of_entity = np.ones(n, np.bool_)
-            last_of_entity[:-1] = ~same[1:]
-            out.entities += int(last_of_entity[:-1].sum())
-            if online is not None:
-                # Entities complete in this batch; the batch's last one is written again (same values or
-                # newer) if the next batch continues it.
-                ids = pc.filter(entity, pa.array(last_of_entity)).to_pylist()
-                online(plan, ids, feats[last_of_entity], times[last_of_entity])
-            carry = entity[n - 1]
-            state.move_row(int(rows[-1]), 0)
+            emit(run.step(batch))
             done += n
             if progress is not None:
                 progress(plan.name, done, total)
+        final = run.finish()
+        if final is not None:
+            emit(final)
     tmp.replace(out.path)
-    out.entities += 1 if carry is not None else 0
     return out
 
 
-def _record_batch(
+def offline_batch(
     schema: pa.Schema, plan: ViewPlan, entity: pa.Array, times: np.ndarray, feats: np.ndarray, keep: np.ndarray
 ) -> pa.RecordBatch:
+    """The offline table's rows where ``keep`` is true (NaN features become nulls)."""
     arrays: list[pa.Array] = [
         pc.filter(entity, pa.array(keep)),
         pa.array(times[keep], pa.timestamp("ms", tz="UTC")),

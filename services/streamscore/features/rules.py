@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from streamscore.bounds import InputBounds
 
@@ -29,9 +29,9 @@ class EventRules:
         """How far behind its entity's newest event an event may be and still count."""
         return self.watermark_delay_ms + self.allowed_lateness_ms
 
-    def sql_valid(self) -> str:
-        """The backfill's form of :meth:`invalid_reason`'s id and amount checks (a DuckDB predicate)."""
-        return self.bounds.sql_valid(ID_FIELDS)
+    def sql_valid(self, dialect: Literal["duckdb", "spark"] = "duckdb") -> str:
+        """The backfill's form of :meth:`invalid_reason`'s id and amount checks (a DuckDB or Spark SQL predicate)."""
+        return self.bounds.sql_valid(ID_FIELDS, dialect=dialect)
 
     def invalid_reason(self, record: dict[str, Any], now_ms: int) -> str | None:
         """A short reason code if the decoded transaction must not touch any feature, else None."""

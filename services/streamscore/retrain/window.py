@@ -8,20 +8,30 @@ ending at the newest *labelled* transaction (a label is what training needs; unl
 than any lesson). The warm-up before the window is replayed too, so the 24 h windows of its first rows are
 whole.
 Rows keep each partition's order: partitions are keyed by user, and the backfill's lateness rules compare
-each user's events in arrival order. The window is held in memory: about a kilobyte per transaction.
+each user's events in arrival order.
+
+The window is bounded by disk, not memory: decoded records (about a kilobyte each as Python objects) are
+held ``retrain.buffer_rows`` at a time, then appended as Arrow batches to one Parquet spill file per
+partition in a scratch directory beside ``out``. One consumer assigned a partition receives it in offset
+order, so each spill file is already in arrival order and ``out`` is those files one after the other, cut
+at the warm-up's start and streamed batch by batch; the counts are a DuckDB query over ``out``.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import confluent_kafka
+import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from streamscore.errors import StreamscoreError
@@ -34,6 +44,7 @@ __all__ = ["RecentWindow", "WindowError", "export_window"]
 
 Progress = Callable[[int, int], None]  # (messages read, messages to read)
 _IDLE_S = 5.0
+_POLL_MAX = 5000
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +63,74 @@ class RecentWindow:
     labelled: int
     frauds: int
     undecodable: int
+    spills: int = 0  # times the decoded records were written to disk (each time at most retrain.buffer_rows)
+
+
+class _Spill:
+    """Decoded records, ``limit`` at most in memory, appended to ``<dir>/<partition>.parquet`` as Arrow."""
+
+    def __init__(self, directory: Path, limit: int) -> None:
+        self.directory = directory
+        self.limit = limit
+        self.held: dict[int, list[dict[str, Any]]] = {}
+        self.count = 0  # records held now
+        self.rows = 0  # records written
+        self.spills = 0
+        self.newest_labelled: datetime | None = None
+        self._writers: dict[int, pq.ParquetWriter] = {}
+
+    def add(self, partition: int, record: dict[str, Any]) -> None:
+        self.held.setdefault(partition, []).append(record)
+        self.count += 1
+        if self.count >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.count:
+            return
+        for partition, records in self.held.items():
+            batch = pa.RecordBatch.from_pylist(records, schema=ARROW_SCHEMA)
+            labelled = pc.max(pc.filter(batch["event_time"], pc.is_valid(batch["is_fraud"]))).as_py()
+            if labelled is not None and (self.newest_labelled is None or labelled > self.newest_labelled):
+                self.newest_labelled = labelled.astimezone(UTC)  # Arrow gives ZoneInfo("UTC"); Serde gives UTC
+            if partition not in self._writers:
+                path = self.directory / f"{partition}.parquet"
+                self._writers[partition] = pq.ParquetWriter(path, ARROW_SCHEMA, compression="lz4")
+            self._writers[partition].write_batch(batch)
+        self.rows += self.count
+        self.spills += 1
+        self.held, self.count = {}, 0
+
+    def close(self) -> list[Path]:
+        """Flushes and closes; returns the spill files in partition order."""
+        self.flush()
+        for writer in self._writers.values():
+            writer.close()
+        return [self.directory / f"{p}.parquet" for p in sorted(self._writers)]
 
 
 def export_window(
     settings: Settings, out: Path, *, now_s: float | None = None, progress: Progress | None = None
 ) -> RecentWindow:
     """Write the last ``window_h`` (plus ``warmup_h``) of the transactions topic to ``out`` (Parquet)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.stem}-spill-", dir=out.parent) as scratch:
+        spill = _Spill(Path(scratch), settings.retrain.buffer_rows)
+        try:
+            undecodable = _read(settings, spill, now_s, progress)
+        finally:
+            parts = spill.close()
+        log.info("%d transactions of %s read in %d spill(s) of at most %d", spill.rows, settings.topics.transactions,
+                 spill.spills, spill.limit)  # fmt: skip
+        return _cut(settings, out, spill, parts, undecodable)
+
+
+def _read(settings: Settings, spill: _Spill, now_s: float | None, progress: Progress | None) -> int:
+    """Every decodable message of the window's wall-clock span into ``spill``; returns the undecodable count."""
     topic = settings.topics.transactions
     retrain = settings.retrain
     serde = Serde("transaction", registry_url=settings.schema_registry_url, subject=f"{topic}-value")
     since_ms = int(((time.time() if now_s is None else now_s) - 3600 * (retrain.window_h + retrain.warmup_h)) * 1000)
-    rows: list[tuple[int, int, dict[str, object]]] = []
     with Consumer(settings.kafka, f"{retrain.group_id}-export", [], client_suffix="retrain-export") as consumer:
         meta = consumer.raw.list_topics(topic, timeout=10).topics[topic]
         if meta.error is not None:
@@ -82,7 +150,7 @@ def export_window(
         # Control records (transaction markers) occupy offsets no message has: a partition can end short of
         # its high watermark, so a read that has seen nothing of what it waits for for a while is complete.
         while remaining and time.monotonic() - idle_since < _IDLE_S:
-            for msg in consumer.poll_batch(5000, 0.5):
+            for msg in consumer.poll_batch(min(_POLL_MAX, spill.limit), 0.5):
                 partition, offset = msg.partition() or 0, msg.offset() or 0
                 if partition not in remaining:
                     continue
@@ -98,32 +166,47 @@ def export_window(
                         raise WindowError(f"schema registry unreachable while reading {topic!r}: {exc}") from None
                     undecodable += 1  # the processor dead-letters these; they are not training data either
                     continue
-                rows.append((partition, offset, record))
+                spill.add(partition, record)
             if progress is not None:
                 progress(total - sum(hi - lo for lo, hi in remaining.values()), total)
         if remaining:
             log.warning("read of %s stopped short of the end of partitions %s (nothing more came for %.0fs)",
                         topic, sorted(remaining), _IDLE_S)  # fmt: skip
-    if not rows:
+    return undecodable
+
+
+def _cut(settings: Settings, out: Path, spill: _Spill, parts: list[Path], undecodable: int) -> RecentWindow:
+    """``out``: the spill files in partition order from the warm-up's start on; the window's counts."""
+    topic, retrain = settings.topics.transactions, settings.retrain
+    if not spill.rows:
         raise WindowError(f"every recent message on {topic!r} was undecodable")
-    rows.sort(key=lambda r: r[:2])  # each partition in order
-    records = [r[2] for r in rows]
-    labelled = [r["event_time"] for r in records if r["is_fraud"] is not None]
-    if not labelled:
+    if spill.newest_labelled is None:
         raise WindowError(
             f"no labelled transactions on {topic!r} in the last {retrain.window_h + retrain.warmup_h:g} h"
         )
-    newest = max(labelled)  # type: ignore[type-var]
-    assert isinstance(newest, datetime)
-    end = newest + timedelta(milliseconds=1)
+    end = spill.newest_labelled + timedelta(milliseconds=1)
     start = end - timedelta(hours=retrain.window_h)
     warmup_start = start - timedelta(hours=retrain.warmup_h)
-    kept = [r for r in records if r["event_time"] >= warmup_start]  # type: ignore[operator]
-    table = pa.Table.from_pylist([{f: r[f] for f in TRANSACTION_FIELDS} for r in kept], schema=ARROW_SCHEMA)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, out, compression="zstd")
-    in_window = [r for r in kept if r["event_time"] >= start]  # type: ignore[operator]
-    return RecentWindow(
-        out, warmup_start, start, end, len(kept), sum(r["is_fraud"] is not None for r in in_window),
-        sum(bool(r["is_fraud"]) for r in in_window), undecodable,
-    )  # fmt: skip
+    # Microseconds: a fractional window_h can put the cut between two milliseconds.
+    since = pa.scalar(warmup_start, type=pa.timestamp("us", tz="UTC"))
+    with pq.ParquetWriter(out, ARROW_SCHEMA, compression="zstd") as writer:
+        for part in parts:
+            for batch in pq.ParquetFile(part).iter_batches(batch_size=spill.limit, columns=list(TRANSACTION_FIELDS)):
+                kept = batch.filter(pc.greater_equal(batch["event_time"].cast(since.type), since))
+                if kept.num_rows:
+                    writer.write_batch(kept)
+    rows, labelled, frauds = _counts(out, start)
+    return RecentWindow(out, warmup_start, start, end, rows, labelled, frauds, undecodable, spill.spills)
+
+
+def _counts(path: Path, start: datetime) -> tuple[int, int, int]:
+    """(rows, labelled rows from ``start`` on, frauds from ``start`` on) of a transactions Parquet file."""
+    since_us = (start - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    with duckdb.connect() as con:
+        found = con.execute(
+            "SELECT count(*), count(is_fraud) FILTER (epoch_us(event_time) >= $since), "
+            "count(*) FILTER (is_fraud AND epoch_us(event_time) >= $since) FROM read_parquet($path)",
+            {"since": since_us, "path": str(path)},
+        ).fetchone()
+    assert found is not None
+    return int(found[0]), int(found[1]), int(found[2])

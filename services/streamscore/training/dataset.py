@@ -7,7 +7,7 @@ request-time features come from the same :func:`~streamscore.features.request.re
 
 Feast's file offline store drops a label row that a view has no value for yet (a user's first
 transaction). Serving scores such a request with defaults, so training must too: rows are joined back
-on ``event_id`` and their missing features stay NaN until the model's defaults fill them.
+by their position among the labels and their missing features stay NaN until the model's defaults fill them.
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ __all__ = ["SPLITS", "TrainingDataError", "TrainingSet", "build_training_set", "
 
 SPLITS = ("train", "validation", "test")
 ENTITY_OFFSET = timedelta(milliseconds=1)
-_CHUNK_ROWS = 10_000  # per Feast call: its point-in-time join grows faster than linearly (10k: 0.5 s, 50k: 14 s)
+# Label rows per get_historical_features call, by `training.offline_store`. Feast's DuckDB store grows faster than
+# linearly with the rows of one call (10k: 0.5 s, 50k: 14 s), so it is asked 10k at a time. The ASOF store is
+# linear (1M label rows in 1.9 s, BENCHMARKS.md): one call, chunked only to bound the frames held at once.
+_CHUNK_ROWS = {"asof": 1_000_000, "duckdb": 10_000}
 
 Progress = Callable[[int, int], None]
 
@@ -107,17 +110,20 @@ def build_training_set(
         features = service_features(store, settings.training.feature_service)
         service = store.get_feature_service(settings.training.feature_service)
     names = [name for _, name in features]
+    # Rows come back keyed by their position: an integer key, where joining back on the event id (a string) cost
+    # more than the point-in-time join itself at 1M rows (pandas factorizes and sorts strings to merge them).
     entity = pd.DataFrame(
         {
-            "event_id": labels["event_id"],
+            "label_row": np.arange(len(labels)),
             "user_id": labels["user_id"],
             "merchant_id": labels["merchant_id"],
             "event_timestamp": labels["event_time"].astype("datetime64[ms, UTC]") - ENTITY_OFFSET,
         }
     )
     parts = []
-    for first in range(0, len(entity), _CHUNK_ROWS):
-        chunk = entity.iloc[first : first + _CHUNK_ROWS]
+    chunk_rows = _CHUNK_ROWS[settings.training.offline_store]
+    for first in range(0, len(entity), chunk_rows):
+        chunk = entity.iloc[first : first + chunk_rows]
         try:
             with quiet_feast():
                 got = store.get_historical_features(entity_df=chunk, features=service).to_df()
@@ -126,20 +132,23 @@ def build_training_set(
         missing = [n for n in names if n not in got.columns]
         if missing:
             raise TrainingDataError(f"offline store has no column(s) {missing}: backfill with the current definitions")
-        parts.append(got[["event_id", *names]])
+        parts.append(got[["label_row", *names]])
         if progress is not None:
-            progress(min(first + _CHUNK_ROWS, len(entity)), len(entity))
-    joined = labels.merge(pd.concat(parts, ignore_index=True), on="event_id", how="left", validate="one_to_one")
-    stored = {n: joined[n].to_numpy(np.float64, na_value=np.nan) for n in names}
-    requested = request_features(joined["amount"].to_numpy(), joined["channel"].to_numpy(), stored)
+            progress(min(first + chunk_rows, len(entity)), len(entity))
+    found = pd.concat(parts, ignore_index=True).set_index("label_row")
+    if not found.index.is_unique:
+        raise TrainingDataError("the offline store answered some label rows more than once")
+    found = found.reindex(labels.index)  # rows the store dropped (no history yet) come back all NaN
+    stored = {n: found[n].to_numpy(np.float64, na_value=np.nan) for n in names}
+    requested = request_features(labels["amount"].to_numpy(), labels["channel"].to_numpy(), stored)
     windows = _windows(start, end, settings)
-    event_time = joined["event_time"]
-    split = np.full(len(joined), "train", dtype=object)
+    event_time = labels["event_time"]
+    split = np.full(len(labels), "train", dtype=object)
     for name in ("validation", "test"):
         split[(event_time >= windows[name][0]).to_numpy()] = name
     frame = pd.DataFrame(
-        {"event_id": joined["event_id"], "event_time": event_time, "split": split,
-         "label": joined["is_fraud"].astype(np.int8), **stored, **requested}
+        {"event_id": labels["event_id"], "event_time": event_time, "split": split,
+         "label": labels["is_fraud"].astype(np.int8), **stored, **requested}
     )  # fmt: skip
     _check_labels(frame, settings.training.min_positives)
     return TrainingSet(frame, tuple(names), REQUEST_FEATURES, windows)
