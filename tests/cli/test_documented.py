@@ -29,7 +29,7 @@ def documented() -> list[tuple[str, list[str]]]:
     out = []
     for page in PAGES:
         for block in FENCE.findall(page.read_text()):
-            for line in block.splitlines():
+            for line in block.replace("\\\n", " ").splitlines():  # a command continued with a backslash
                 if PREFIX.match(line.strip()):
                     words = shlex.split(line, comments=True)
                     out.append((page.name, [w for w in words[1:] if w != "&"]))
