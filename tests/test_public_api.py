@@ -11,7 +11,7 @@ EXPECTED = {
         "Consumer", "ConsumerError", "DeadLetter", "DeadLetterPublisher", "DeliveryError", "FailedDelivery",
         "Header", "Producer", "TopicResult", "TopicSpec", "admin_config", "consumer_config", "ensure_topics",
         "group_lag", "message_headers", "next_offsets", "producer_config", "read_dead_letter", "state_topic",
-        "topic_specs",
+        "take_ready", "topic_specs",
     },
     "streamscore.serde": {
         "REASONS", "SCHEMA_NAMES", "Reason", "SchemaStore", "Serde", "SerdeError", "check_compatible",

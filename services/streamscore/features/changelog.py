@@ -36,7 +36,7 @@ from streamscore.errors import KafkaUnavailable
 from streamscore.features.plan import ViewPlan
 from streamscore.features.stages import NO_TIME, PartitionState
 from streamscore.features.state import ViewState
-from streamscore.kafka import Producer, consumer_config, message_headers
+from streamscore.kafka import Producer, consumer_config, message_headers, take_ready
 from streamscore.settings import KafkaSettings
 
 __all__ = ["CHECKPOINT_KEY", "Checkpoint", "Restored", "StateLog", "new_epoch"]
@@ -200,7 +200,7 @@ class StateLog:
             consumer.assign([TopicPartition(self.topic, partition, low)])
             position, idle_since = low, time.monotonic()
             while position < high:
-                batch = [m for m in consumer.consume(10_000, timeout=1.0) if m.error() is None]
+                batch = [m for m in take_ready(consumer, 10_000, 1.0) if m.error() is None]
                 if batch:
                     position, idle_since = max(m.offset() or 0 for m in batch) + 1, time.monotonic()
                     yield batch

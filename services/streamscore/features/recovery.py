@@ -34,7 +34,7 @@ from streamscore.features.changelog import Restored, StateLog, new_epoch
 from streamscore.features.plan import ViewPlan
 from streamscore.features.stages import NO_TIME, InRecord, OnlineRows, PartitionState, StageOutput, online_rows
 from streamscore.features.state import ViewState
-from streamscore.kafka import admin_config, consumer_config
+from streamscore.kafka import admin_config, consumer_config, take_ready
 from streamscore.serde import SerdeError
 from streamscore.settings import Settings
 
@@ -309,7 +309,7 @@ def _read(
     position, idle_since = start, time.monotonic()
     try:
         while position < end:
-            msgs = [m for m in consumer.consume(size, timeout=1.0) if m.error() is None]
+            msgs = [m for m in take_ready(consumer, size, 1.0) if m.error() is None]
             if not msgs:
                 if time.monotonic() - idle_since > _STALL_S:
                     raise StateRecoveryError(f"reading {topic}[{partition}] to rebuild state stalled at {position}")

@@ -5,7 +5,7 @@ Public names: :class:`Producer` (idempotent, delivery reports surfaced), :class:
 """
 
 from streamscore.kafka.config import admin_config, consumer_config, producer_config
-from streamscore.kafka.consumer import Consumer, ConsumerError, next_offsets
+from streamscore.kafka.consumer import Consumer, ConsumerError, next_offsets, take_ready
 from streamscore.kafka.deadletter import DeadLetter, DeadLetterPublisher, message_headers, read_dead_letter
 from streamscore.kafka.lag import group_lag
 from streamscore.kafka.producer import DeliveryError, FailedDelivery, Header, Producer
@@ -31,5 +31,6 @@ __all__ = [
     "producer_config",
     "read_dead_letter",
     "state_topic",
+    "take_ready",
     "topic_specs",
 ]

@@ -14,7 +14,7 @@ from streamscore.errors import StreamscoreError
 from streamscore.kafka.config import consumer_config
 from streamscore.settings import KafkaSettings
 
-__all__ = ["Consumer", "ConsumerError", "next_offsets"]
+__all__ = ["Consumer", "ConsumerError", "next_offsets", "take_ready"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,16 @@ def next_offsets(messages: Iterable[confluent_kafka.Message]) -> list[TopicParti
         if offset > highest.get((topic, partition), -1):
             highest[(topic, partition)] = offset
     return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(highest.items())]
+
+
+def take_ready(consumer: confluent_kafka.Consumer, max_messages: int, idle_s: float) -> list[confluent_kafka.Message]:
+    """Wait up to ``idle_s`` for a first message, then take what else is already fetched (up to
+    ``max_messages``). librdkafka's ``consume(N, timeout)`` returns only once N messages are there or the
+    timeout passed: a reader of a short partition asking for 10,000 waits the whole timeout every time."""
+    first = consumer.consume(num_messages=1, timeout=idle_s)
+    if not first or max_messages <= 1:
+        return first
+    return first + consumer.consume(num_messages=max_messages - 1, timeout=0)
 
 
 class Consumer:
@@ -68,10 +78,9 @@ class Consumer:
         until ``linger_s`` after that first message. ``poll_batch`` with a timeout holds a half-full batch
         for the whole timeout at low rates; this one adds no wait unless asked (a deadline from the first
         message, not a fixed pause)."""
-        first = self._consumer.consume(num_messages=1, timeout=idle_s)
-        if not first:
+        batch = take_ready(self._consumer, max_messages, idle_s)
+        if not batch:
             return []
-        batch = first + self._consumer.consume(num_messages=max_messages - 1, timeout=0) if max_messages > 1 else first
         deadline = time.monotonic() + linger_s
         while len(batch) < max_messages and (left := deadline - time.monotonic()) > 0:
             more = self._consumer.consume(num_messages=max_messages - len(batch), timeout=left)
