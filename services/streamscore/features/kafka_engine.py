@@ -128,7 +128,8 @@ class _StageLoop:
             self._checkpoint(None, asynchronous=False)
         except BaseException as exc:
             self.failure = exc
-            self.stopped.set()  # the other stage stops too: the process exits and its partitions move on
+            self.stopped.set()  # the other stage stops too (even mid-wait for Redis or the registry): the
+            self.processor.stopping.set()  # process exits and its partitions move on
         finally:
             self._closing = True  # leaving the group revokes everything: nothing more to checkpoint
             self.consumer.close()
