@@ -1,7 +1,8 @@
 """Windowed features from Feast definitions: one plan, one set of numba kernels, two paths.
 
-The stream path (:func:`build_app`, `streamscore features run`) applies Kafka batches to per-entity tile
-rings and writes changed entities to the Feast online store; the batch path (:func:`backfill`) runs the
+The stream path (`streamscore features run`: ``processor.py``, fed by faust in ``app.py`` or by plain
+consumers in ``kafka_engine.py``) applies Kafka batches to per-entity tile rings and writes changed entities
+to the Feast online store; the batch path (:func:`backfill`, or ``backfill_spark.py`` on Spark) runs the
 same kernels over Parquet history and writes the offline tables Feast's historical retrieval reads.
 :func:`load_plans` compiles the registry's stream feature views: ``feature_repo/definitions.py`` is the only
 place a feature is defined.
