@@ -12,7 +12,6 @@ No Kafka or Redis. ``python -m tests.benchmarks offline`` (parts: ``10k``, ``100
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from tests.benchmarks.features_common import say
+from tests.benchmarks.features_common import say, seconds_in_child
 
 SIZES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
 PARTS = tuple(SIZES)
@@ -99,22 +98,8 @@ def _child(root: str, store: str, out: str, conn: Connection) -> None:
 
 def timed(root: Path, store: str, limit_s: float | None) -> float | None:
     """Seconds ``store`` takes for every label row under ``root``, or None when it passes ``limit_s``."""
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding DuckDB's threads
-    ours, theirs = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(str(root), store, str(root / f"frame-{store}.parquet"), theirs))
-    child.start()
-    try:
-        if not ours.poll(300) or ours.recv() != "ready":
-            raise RuntimeError(f"{store}: the warm-up did not finish")
-        if not ours.poll(limit_s):
-            return None
-        seconds: float = ours.recv()
-        child.join()
-        return seconds
-    finally:
-        if child.is_alive():
-            child.terminate()
-            child.join()
+    args = (str(root), store, str(root / f"frame-{store}.parquet"))
+    return seconds_in_child(store, _child, args, limit_s, ready_s=300)
 
 
 def bench(size: int) -> Result:

@@ -13,7 +13,6 @@ No Kafka or Redis. ``python -m tests.benchmarks train`` (parts: ``100k``, ``1m``
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from streamscore.settings import Settings
-from tests.benchmarks.features_common import say
+from tests.benchmarks.features_common import say, seconds_in_child
 
 SIZES = {"100k": 100_000, "1m": 1_000_000}  # labelled rows in the training range
 PARTS = tuple(SIZES)
@@ -91,20 +90,7 @@ def _baseline_child(root: str, start: datetime, end: datetime, conn: Connection)
 
 def baseline(root: Path, start: datetime, end: datetime) -> float | None:
     """Seconds of the dataset phase through Feast's DuckDB store, or None past ``BASELINE_LIMIT_S``."""
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding DuckDB's threads
-    ours, theirs = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_baseline_child, args=(str(root), start, end, theirs))
-    child.start()
-    try:
-        if not ours.poll(BASELINE_LIMIT_S):
-            return None
-        seconds: float = ours.recv()
-        child.join()
-        return seconds
-    finally:
-        if child.is_alive():
-            child.terminate()
-            child.join()
+    return seconds_in_child("duckdb", _baseline_child, (str(root), start, end), BASELINE_LIMIT_S)
 
 
 def bench(part: str) -> Result:

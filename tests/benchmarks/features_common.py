@@ -4,6 +4,7 @@ child processes and Prometheus scraping. Nothing here measures anything by itsel
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -12,7 +13,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,35 @@ from streamscore.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 _T0 = time.monotonic()
+
+
+def seconds_in_child(
+    name: str,
+    target: Callable[..., None],
+    args: tuple[Any, ...],
+    limit_s: float | None,
+    *,
+    ready_s: float | None = None,
+) -> float | None:
+    """Run ``target(*args, conn)`` in a spawned process (no fork of a process holding DuckDB's threads) and
+    return the seconds it sends back, or None when they do not come within ``limit_s``; the child is then
+    stopped. With ``ready_s``, the child first sends "ready" (its warm-up done) within that many seconds."""
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=target, args=(*args, theirs))
+    child.start()
+    try:
+        if ready_s is not None and (not ours.poll(ready_s) or ours.recv() != "ready"):
+            raise RuntimeError(f"{name}: the warm-up did not finish")
+        if not ours.poll(limit_s):
+            return None
+        seconds: float = ours.recv()
+        child.join()
+        return seconds
+    finally:
+        if child.is_alive():
+            child.terminate()
+            child.join()
 
 
 def say(message: str) -> None:
