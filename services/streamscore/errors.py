@@ -17,7 +17,7 @@ The hierarchy, along an event's path, with the module that defines each class::
     ├── DeliveryError                   kafka.producer        + RuntimeError: do not commit the inputs
     ├── SerdeError                      serde.errors          + ValueError; ``reason`` is a stable code
     ├── PlanError                       features.plan         + ValueError
-    ├── SparkUnavailable                features.backfill_spark  the spark engine without PySpark or Java
+    ├── SparkUnavailable                spark                 Spark asked for without PySpark or Java
     ├── StateRecoveryError              features.recovery     the input no longer holds what a rebuild needs
     ├── CardError                       models.card           + ValueError
     ├── EquivalenceError                models.onnx_export    + ValueError

@@ -212,7 +212,9 @@ class FeatureSettings(_Section):
         description="`features backfill` engine: duckdb on this machine, or spark (needs the spark extra and Java 17+)",
     )
     spark_master: str = Field(
-        "local[*]", min_length=1, description="Spark master of the spark backfill: local[N], spark://host:7077, yarn"
+        "local[*]",
+        min_length=1,
+        description="Spark master of the spark backfill and the spark offline store: local[N], spark://host:7077, yarn",
     )
 
 
@@ -245,10 +247,11 @@ class TrainingSettings(_Section):
         1e-4, gt=0, description="Largest absolute ONNX-vs-source score difference on the test rows"
     )
     max_epochs: int = Field(40, ge=1, description="MLP epochs (early stopping on the validation window)")
-    offline_store: Literal["asof", "duckdb"] = Field(
+    offline_store: Literal["asof", "duckdb", "spark"] = Field(
         "asof",
         description="Feast offline store of the training sets' point-in-time join: asof = DuckDB ASOF JOIN"
-        " (streamscore.store.offline), duckdb = Feast's own range join (~200x slower at 100k label rows)",
+        " (streamscore.store.offline), duckdb = Feast's own range join (~200x slower at 100k label rows),"
+        " spark = a sorted join on Spark at features.spark_master (streamscore.store.offline_spark)",
     )
 
 

@@ -86,6 +86,7 @@ def bench(events: int) -> Result:
     from streamscore.features import backfill_spark as spark_engine
     from streamscore.generator import GeneratorConfig, write_parquet
     from streamscore.settings import Settings
+    from streamscore.spark import spark_session
     from streamscore.store import apply_definitions
 
     os.environ.setdefault("PYSPARK_SUBMIT_ARGS", f"--driver-memory {SPARK_DRIVER_MEMORY} pyspark-shell")
@@ -128,7 +129,7 @@ def bench(events: int) -> Result:
                 _merged.append(time.perf_counter() - t)
 
             started = time.perf_counter()
-            session = spark_engine.spark_session(master)
+            session = spark_session(master)
             spark_engine.backfill_spark(warm, plans, root / "warm-spark", spark=session, **kw)
             start_s = time.perf_counter() - started
             spark_engine._merge = timed_merge  # type: ignore[assignment]

@@ -332,8 +332,9 @@ def _freshness_markdown(results: list[tuple[str, Any]], capacity: dict[str, floa
         "linear interpolation inside it), and end to end measured outside: a sentinel event for a new user every",
         "250 ms, timed from `produce()` until its Redis hash exists (1 ms polling).",
         "",
-        "| engine | events/s sent | batch_within_ms | stage | p50 | p99 | e2e sentinel p50 / p99 / max (n) |",
-        "| --- | ---: | ---: | --- | --- | --- | --- |",
+        "| engine | events/s sent | batch_within_ms | stage | p50 | p99 | e2e sentinel p50 / p99 / max (n) "
+        "| checkpoint rounds, mean |",
+        "| --- | ---: | ---: | --- | --- | --- | --- | --- |",
     ]
     for engine, f in results:
         e2e = f.e2e_ms
@@ -341,11 +342,13 @@ def _freshness_markdown(results: list[tuple[str, Any]], capacity: dict[str, floa
             e2e_text = f"{_rank(e2e, 0.5):.0f} / {_rank(e2e, 0.99):.0f} / {e2e[-1]:.0f} ms ({len(e2e)})"
         else:
             e2e_text = "none seen"
+        rounds = f"{f.checkpoints:.0f}, {1000 * f.checkpoint_s / f.checkpoints:.0f} ms" if f.checkpoints else "none"
         for stage, buckets in f.buckets.items():
             q50, q99 = features_stream.quantile(buckets, 0.5), features_stream.quantile(buckets, 0.99)
+            first = stage == features_stream.INGEST
             lines.append(
                 f"| {engine} | {fmt_rate(f.rate)} | {f.within_ms} | {stage} | {_bucket(q50)} | {_bucket(q99)} | "
-                f"{e2e_text if stage == features_stream.INGEST else ''} |"
+                f"{e2e_text if first else ''} | {rounds if first else ''} |"
             )
     lines += [
         "",

@@ -219,6 +219,8 @@ class FreshnessResult:
     e2e_ms: list[float]
     within_ms: int
     batches: float
+    checkpoints: float  # checkpoint rounds in the paced window
+    checkpoint_s: float  # their total time (write, acks, online repair), all of it under the stages' lock
 
 
 def _freshness_buckets(m: Any, stage: str) -> list[tuple[float, float]]:
@@ -358,6 +360,11 @@ def freshness(
             b0 = dict(_freshness_buckets(before, stage))
             buckets[stage] = [(le, c - b0.get(le, 0.0)) for le, c in _freshness_buckets(after, stage)]
         batches = metric(after, "streamscore_features_batch_size_count", stage=INGEST) - batches0
+        rounds = {
+            part: metric(after, f"streamscore_features_checkpoint_seconds_{part}")
+            - metric(before, f"streamscore_features_checkpoint_seconds_{part}")
+            for part in ("count", "sum")
+        }
     finally:
         proc.stop(10)
         client.close()
@@ -369,6 +376,8 @@ def freshness(
         e2e_ms=sorted(e2e),
         within_ms=settings.features.batch_within_ms,
         batches=batches,
+        checkpoints=rounds["count"],
+        checkpoint_s=rounds["sum"],
     )
 
 

@@ -29,10 +29,11 @@ from typer.testing import CliRunner
 from streamscore.bounds import InputBounds
 from streamscore.cli import app, main
 from streamscore.features import EventRules, ViewPlan, backfill, load_plans, rules_for
-from streamscore.features.backfill_spark import backfill_spark, spark_session
+from streamscore.features.backfill_spark import backfill_spark
 from streamscore.features.rules import ID_FIELDS
 from streamscore.generator import ARROW_SCHEMA, GeneratorConfig, generate_frame, last_event_time
 from streamscore.settings import Settings
+from streamscore.spark import spark_session
 from streamscore.store import apply_definitions
 
 CONFIG = GeneratorConfig(

@@ -1,12 +1,12 @@
-"""The ASOF offline store answers ``get_historical_features`` exactly as Feast's DuckDB store does.
+"""The ASOF and Spark offline stores answer ``get_historical_features`` exactly as Feast's DuckDB store does.
 
 A throwaway Feast repo (file registry, no online store) with three views over Parquet files written here: one
 with a field mapping, a renamed timestamp, a created timestamp and a ttl; one keyed on two join keys with
 timezone-naive timestamps and no ttl; one with a zero ttl. The history has ties on the event timestamp (told
 apart only by the created timestamp, written in shuffled order), gaps longer than the ttl, null values, and
 entity rows at, just after and just beyond the ttl bound, for keys with and without history, with extra columns.
-Both stores read the same registry and files; their frames must match cell for cell, dtypes included.
-Nothing here needs Kafka or Redis.
+Every store reads the same registry and files; their frames must match cell for cell, dtypes included. The
+suite runs once per store of ours (``ours``); the Spark one runs in local mode. Nothing here needs Kafka or Redis.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from feast.value_type import ValueType
 from streamscore.settings import Settings
 from streamscore.store import REPO_PATH, quiet_feast, repo_config
 from streamscore.store.offline import STORE_TYPE, AsofDuckDBOfflineStoreConfig, AsofRetrievalJob
+from streamscore.store.offline_spark import STORE_TYPE as SPARK_STORE_TYPE
+from streamscore.store.offline_spark import SparkOfflineStoreConfig, SparkRetrievalJob
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 USER_TTL = timedelta(hours=1)
@@ -37,7 +39,15 @@ USERS = [f"u{i}" for i in range(40)]  # u30..u39 have no history
 MERCHANTS = [f"m{i}" for i in range(6)]
 PAIR_FEATURES = ["pair_stats:v", "pair_stats:flag"]
 USER_FEATURES = ["user_stats:x", "user_stats:n", "user_stats:s"]
+USER_NAMES = [ref.split(":")[1] for ref in USER_FEATURES]
 ALL_FEATURES = [*USER_FEATURES, *PAIR_FEATURES, "zero_ttl:z"]
+JOBS = {STORE_TYPE: AsofRetrievalJob, SPARK_STORE_TYPE: SparkRetrievalJob}
+
+
+@pytest.fixture(params=[STORE_TYPE, SPARK_STORE_TYPE], ids=["asof", "spark"])
+def ours(request: pytest.FixtureRequest) -> str:
+    """Each of our stores' ``offline_store: type:``."""
+    return str(request.param)
 
 
 @dataclass(frozen=True)
@@ -204,11 +214,11 @@ def _by_row(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values("row_id", kind="stable").reset_index(drop=True)
 
 
-def _assert_parity(repo: Repo, entity: pd.DataFrame, features: Any, **kwargs: Any) -> pd.DataFrame:
-    """Both stores' frames, sorted by row_id, are equal; returns the ASOF store's, in the order it came back."""
+def _assert_parity(repo: Repo, ours: str, entity: pd.DataFrame, features: Any, **kwargs: Any) -> pd.DataFrame:
+    """Feast's frame and ours, sorted by row_id, are equal; returns ours, in the order it came back."""
     theirs = _historical(repo.store("duckdb"), entity, features, **kwargs).to_df()
-    job = _historical(repo.store(STORE_TYPE), entity, features, **kwargs)
-    assert isinstance(job, AsofRetrievalJob)
+    job = _historical(repo.store(ours), entity, features, **kwargs)
+    assert isinstance(job, JOBS[ours])
     ours = job.to_df()
     pd.testing.assert_frame_equal(_by_row(ours), _by_row(theirs), check_dtype=True, check_exact=True)
     return ours
@@ -218,20 +228,20 @@ def _assert_parity(repo: Repo, entity: pd.DataFrame, features: Any, **kwargs: An
 
 
 @pytest.mark.parametrize("full_feature_names", [True, False], ids=["full-names", "short-names"])
-def test_frames_equal_feasts_for_every_view(repo: Repo, full_feature_names: bool) -> None:
+def test_frames_equal_feasts_for_every_view(repo: Repo, ours: str, full_feature_names: bool) -> None:
     entity = _entity_rows(repo)
-    ours = _assert_parity(repo, entity, ALL_FEATURES, full_feature_names=full_feature_names)
+    got = _assert_parity(repo, ours, entity, ALL_FEATURES, full_feature_names=full_feature_names)
     names = [ref.replace(":", "__") if full_feature_names else ref.split(":")[1] for ref in ALL_FEATURES]
-    assert list(ours.columns) == [*entity.columns, *names]
-    assert ours["row_id"].tolist() == entity["row_id"].tolist()  # the entity frame's order, not a hash join's
+    assert list(got.columns) == [*entity.columns, *names]
+    assert got["row_id"].tolist() == entity["row_id"].tolist()  # the entity frame's order, not a hash join's
 
 
-def test_frames_equal_feasts_for_a_feature_service_and_a_subset(repo: Repo) -> None:
+def test_frames_equal_feasts_for_a_feature_service_and_a_subset(repo: Repo, ours: str) -> None:
     entity = _entity_rows(repo)
     with quiet_feast():
-        service = repo.store(STORE_TYPE).get_feature_service("everything")
-    _assert_parity(repo, entity, service, full_feature_names=True)
-    _assert_parity(repo, entity, ["pair_stats:flag", "user_stats:s"])
+        service = repo.store(ours).get_feature_service("everything")
+    _assert_parity(repo, ours, entity, service, full_feature_names=True)
+    _assert_parity(repo, ours, entity, ["pair_stats:flag", "user_stats:s"])
 
 
 @pytest.mark.parametrize(
@@ -243,24 +253,24 @@ def test_frames_equal_feasts_for_a_feature_service_and_a_subset(repo: Repo) -> N
         pytest.param(lambda s: s.dt.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00"), id="strings"),
     ],
 )
-def test_entity_timestamps_in_any_form_give_feasts_frame(repo: Repo, stamps: Any) -> None:
+def test_entity_timestamps_in_any_form_give_feasts_frame(repo: Repo, ours: str, stamps: Any) -> None:
     entity = _entity_rows(repo, n=300)
     entity["event_timestamp"] = stamps(entity["event_timestamp"])
-    _assert_parity(repo, entity, ALL_FEATURES, full_feature_names=True)
+    _assert_parity(repo, ours, entity, ALL_FEATURES, full_feature_names=True)
 
 
-def test_filter_by_created_timestamp_gives_feasts_frame(repo: Repo) -> None:
-    """A second inequality ASOF cannot take: answered by Feast's own join, so it is Feast's frame."""
+def test_filter_by_created_timestamp_gives_feasts_frame(repo: Repo, ours: str) -> None:
+    """A second inequality neither join takes: answered by Feast's own join, so it is Feast's frame."""
     entity = _entity_rows(repo, n=300)
     theirs = _historical(repo.store("duckdb"), entity, ALL_FEATURES, filter_by_created_timestamp=True).to_df()
-    ours = _historical(repo.store(STORE_TYPE), entity, ALL_FEATURES, filter_by_created_timestamp=True).to_df()
-    pd.testing.assert_frame_equal(_by_row(ours), _by_row(theirs))
+    got = _historical(repo.store(ours), entity, ALL_FEATURES, filter_by_created_timestamp=True).to_df()
+    pd.testing.assert_frame_equal(_by_row(got), _by_row(theirs))
 
 
 # -- the cases parity covers are really there --------------------------------------------------------------------
 
 
-def test_the_data_exercises_ties_ttl_and_missing_history(repo: Repo) -> None:
+def test_the_data_exercises_ties_ttl_and_missing_history(repo: Repo, ours: str) -> None:
     """Without these the parity above would prove little: ties whose newest-created value is not the first in
     the file, entity rows whose latest user row is expired (and not), and keys with no history at all."""
     rows = repo.user_rows
@@ -271,7 +281,7 @@ def test_the_data_exercises_ties_ttl_and_missing_history(repo: Repo) -> None:
     assert (first_in_file.reindex(newest.index) != newest).sum() > 50
 
     entity = _entity_rows(repo)
-    got = _historical(repo.store(STORE_TYPE), entity, ALL_FEATURES, full_feature_names=True).to_df()
+    got = _historical(repo.store(ours), entity, ALL_FEATURES, full_feature_names=True).to_df()
     latest = pd.merge_asof(
         entity.dropna(subset=["user_id"]).sort_values("event_timestamp"),
         rows.rename(columns={"uid": "user_id"}).sort_values("ts")[["user_id", "ts"]],
@@ -291,7 +301,7 @@ def test_the_data_exercises_ties_ttl_and_missing_history(repo: Repo) -> None:
 # -- semantics by hand, independent of Feast ---------------------------------------------------------------------
 
 
-def test_hand_checked_rows(repo: Repo) -> None:
+def test_hand_checked_rows(repo: Repo, ours: str) -> None:
     """A tie read back by hand: its newest created value from its own time to the ttl's bound, inclusive; the
     row before it just before; nulls a microsecond past the bound."""
     rows = repo.user_rows
@@ -304,21 +314,22 @@ def test_hand_checked_rows(repo: Repo) -> None:
     us = timedelta(microseconds=1)
     stamps = [ts - us, ts, ts + us, ts + USER_TTL, ts + USER_TTL + us]
     entity = pd.DataFrame({"user_id": uid, "event_timestamp": pd.Series(stamps)})
-    got = _historical(repo.store(STORE_TYPE), entity, USER_FEATURES).to_df()
+    got = _historical(repo.store(ours), entity, USER_FEATURES).to_df()
     assert got["event_timestamp"].tolist() == stamps
     assert got["s"].iloc[0] != newest
     assert got["s"].iloc[1:4].tolist() == [newest] * 3
     assert pd.isna(got["s"].iloc[4])
 
 
-def test_the_models_feature_service_gives_feasts_frame(tmp_path: Path) -> None:
+@pytest.mark.parametrize("offline_store", ["asof", "spark"])
+def test_the_models_feature_service_gives_feasts_frame(tmp_path: Path, offline_store: str) -> None:
     """The project's own definitions (stream views whose batch sources are the backfill's Parquet tables) and
     fraud_model_v1, on a small backfilled history; label rows as training makes them, plus some past the ttl."""
     from streamscore.features import backfill, load_plans, rules_for
     from streamscore.generator import GeneratorConfig, write_parquet
     from streamscore.store import apply_definitions, feature_store
 
-    settings = Settings(data_dir=tmp_path, metrics_port=0)
+    settings = Settings(data_dir=tmp_path, metrics_port=0, training={"offline_store": offline_store})
     apply_definitions(settings)
     config = GeneratorConfig(events=3_000, rate=0.5, seed=5, users=100, merchants=30, start=T0)
     end = T0 + timedelta(seconds=config.events / config.rate)
@@ -365,30 +376,47 @@ def test_the_job_runs_an_asof_join_and_describes_itself(repo: Repo) -> None:
     assert job.to_arrow().schema == feasts.to_arrow().schema
 
 
-def test_the_callers_entity_frame_is_left_alone(repo: Repo) -> None:
+def test_the_spark_job_describes_itself_and_runs_once(repo: Repo) -> None:
+    entity = _entity_rows(repo, n=50)
+    job = _historical(repo.store(SPARK_STORE_TYPE), entity, ALL_FEATURES, full_feature_names=True)
+    assert job.full_feature_names is True
+    assert job.on_demand_feature_views == []
+    assert job.metadata.features == ALL_FEATURES
+    assert job.metadata.keys == [c for c in entity.columns if c != "event_timestamp"]
+    assert job.metadata.min_event_timestamp == entity["event_timestamp"].min().to_pydatetime()
+    feasts = _historical(repo.store("duckdb"), entity, ALL_FEATURES, full_feature_names=True)
+    assert job.to_arrow() is job.to_arrow()  # joined once, on first use
+    assert job.to_arrow().schema == feasts.to_arrow().schema
+
+
+def test_the_callers_entity_frame_is_left_alone(repo: Repo, ours: str) -> None:
     entity = _entity_rows(repo, n=20)
     entity["event_timestamp"] = entity["event_timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S+00:00")
     before = entity.copy()
     with quiet_feast():
-        repo.store(STORE_TYPE).get_historical_features(entity_df=entity, features=USER_FEATURES).to_df()
+        job = repo.store(ours).get_historical_features(entity_df=entity, features=USER_FEATURES)
+        entity.loc[0, "user_id"] = "changed after the call"  # a lazy job must have taken its own copy
+        got = job.to_df()
+    pd.testing.assert_frame_equal(got.drop(columns=USER_NAMES), before.assign(event_timestamp=got["event_timestamp"]))
+    entity.loc[0, "user_id"] = before.loc[0, "user_id"]
     pd.testing.assert_frame_equal(entity, before)
 
 
-def test_persist_writes_the_frame(repo: Repo, tmp_path: Path) -> None:
+def test_persist_writes_the_frame(repo: Repo, ours: str, tmp_path: Path) -> None:
     from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 
     entity = _entity_rows(repo, n=100)
-    job = _historical(repo.store(STORE_TYPE), entity, ALL_FEATURES)
+    job = _historical(repo.store(ours), entity, ALL_FEATURES)
     job.persist(SavedDatasetFileStorage(path=str(tmp_path / "saved.parquet")))
     pd.testing.assert_frame_equal(_by_row(pd.read_parquet(tmp_path / "saved.parquet")), _by_row(job.to_df()))
 
 
-def test_an_sql_entity_frame_is_refused_as_feasts_store_refuses_it(repo: Repo) -> None:
+def test_an_sql_entity_frame_is_refused_as_feasts_store_refuses_it(repo: Repo, ours: str) -> None:
     sql = "SELECT 'u1' AS user_id, TIMESTAMPTZ '2026-03-01 01:00:00+00' AS event_timestamp"
     with quiet_feast(), pytest.raises(AttributeError):  # Feast's reads the frame's columns
         repo.store("duckdb").get_historical_features(entity_df=sql, features=USER_FEATURES)
     with quiet_feast(), pytest.raises(NotImplementedError, match="DataFrame, not as SQL"):
-        repo.store(STORE_TYPE).get_historical_features(entity_df=sql, features=USER_FEATURES)
+        repo.store(ours).get_historical_features(entity_df=sql, features=USER_FEATURES)
 
 
 # -- selection ---------------------------------------------------------------------------------------------------
@@ -402,6 +430,12 @@ def test_the_settings_select_the_asof_store_by_default_and_feasts_on_request(tmp
     assert feasts.offline_store.type == "duckdb"
     assert not isinstance(feasts.offline_store, AsofDuckDBOfflineStoreConfig)
     assert isinstance(feasts.offline_store, DuckDBOfflineStoreConfig)
+    spark = repo_config(
+        Settings(data_dir=tmp_path, training={"offline_store": "spark"}, features={"spark_master": "local[1]"})
+    )
+    assert spark.offline_store.type == SPARK_STORE_TYPE
+    assert isinstance(spark.offline_store, SparkOfflineStoreConfig)
+    assert spark.offline_store.spark_master == "local[1]"
 
 
 def test_feature_store_yaml_names_the_asof_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

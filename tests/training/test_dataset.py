@@ -322,9 +322,29 @@ def test_too_few_positives_in_the_first_split_checked(settings: Settings, histor
         build_training_set(strict, feature_store(strict), history.events, start, start + timedelta(hours=2))
 
 
+def test_the_spark_store_gives_the_same_training_set(
+    settings: Settings, history: History, window: tuple[datetime, datetime], built: tuple[TrainingSet, list]
+) -> None:
+    """The point-in-time join on Spark (local mode), for history beyond one machine: the same rows, cell for cell."""
+    data, _ = built
+    spark = settings.model_copy(update={"training": settings.training.model_copy(update={"offline_store": "spark"})})
+    chunks: list[tuple[int, int]] = []
+    theirs = build_training_set(
+        spark, feature_store(spark), history.events, *window, progress=lambda d, t: chunks.append((d, t))
+    )
+    assert chunks == [(len(data.frame), len(data.frame))]
+    pd.testing.assert_frame_equal(theirs.frame, data.frame, check_exact=True)
+
+
+@pytest.mark.parametrize("offline_store", ["asof", "spark"])
 @pytest.mark.parametrize("removed", [VIEWS, VIEWS[1:]], ids=["offline-dir", "one-view"])
-def test_missing_offline_tables_are_refused(history: History, tmp_path: Path, removed: tuple[str, ...]) -> None:
+def test_missing_offline_tables_are_refused(
+    history: History, tmp_path: Path, removed: tuple[str, ...], offline_store: str
+) -> None:
     settings = data_dir_with(history, tmp_path / "data")
+    settings = settings.model_copy(
+        update={"training": settings.training.model_copy(update={"offline_store": offline_store})}
+    )
     if removed == VIEWS:
         shutil.rmtree(tmp_path / "data" / "offline")
     else:

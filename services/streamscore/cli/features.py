@@ -200,7 +200,8 @@ def features_backfill(
     if engine == "spark":
         from functools import partial
 
-        from streamscore.features.backfill_spark import backfill_spark, require_spark
+        from streamscore.features.backfill_spark import backfill_spark
+        from streamscore.spark import require_spark
 
         require_spark()  # before anything else: one line saying what to install
         backfill = partial(backfill_spark, master=master or settings.features.spark_master)

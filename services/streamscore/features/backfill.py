@@ -30,10 +30,23 @@ from streamscore.features.plan import ViewPlan
 from streamscore.features.rules import EventRules
 from streamscore.features.state import ViewState
 
-__all__ = ["BackfillReport", "SortedRun", "SortedStep", "ViewOutput", "backfill", "offline_batch", "offline_schema"]
+__all__ = [
+    "OFFLINE_COMPRESSION",
+    "BackfillReport",
+    "SortedRun",
+    "SortedStep",
+    "ViewOutput",
+    "backfill",
+    "offline_batch",
+    "offline_schema",
+]
 
 Progress = Callable[[str, int, int], None]  # (view, rows done, rows total)
 OnlineSink = Callable[[ViewPlan, list[str], np.ndarray, np.ndarray], None]  # plan, ids, values, event ms
+
+# The offline tables' codec. Snappy, Parquet's default, which every reader takes: Spark's reader (airlift) failed
+# on pyarrow's LZ4 pages of a backfilled table ("MalformedInputException: all input must be consumed").
+OFFLINE_COMPRESSION = "snappy"
 
 
 @dataclass
@@ -205,7 +218,7 @@ def _run_view(
     run = SortedRun(plan, start_ms)
     done = 0
     tmp = out.path.with_suffix(".parquet.partial")
-    with pq.ParquetWriter(tmp, schema, compression="lz4") as writer:
+    with pq.ParquetWriter(tmp, schema, compression=OFFLINE_COMPRESSION) as writer:
 
         def emit(step: SortedStep) -> None:
             if not len(step.times):  # a first batch of one row: that row waits for the next

@@ -27,16 +27,13 @@ The same input (one Parquet file of raw events in arrival order), rules, kernels
 ``--materialize``: each entity's last row (the values as of its last event up to ``end``) goes to the online
 sink while the driver merges, the same values the DuckDB engine writes.
 
-PySpark is imported lazily: the package works without the ``spark`` extra, and asking for this engine without
-it (or without Java) fails with one line saying what to install.
+PySpark is imported lazily (the session comes from :mod:`streamscore.spark`): the package works without the
+``spark`` extra, and asking for this engine without it (or without Java) fails with one line saying what to install.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -51,6 +48,7 @@ import pyarrow.parquet as pq
 
 from streamscore.errors import StreamscoreError
 from streamscore.features.backfill import (
+    OFFLINE_COMPRESSION,
     BackfillReport,
     OnlineSink,
     Progress,
@@ -62,102 +60,20 @@ from streamscore.features.backfill import (
 )
 from streamscore.features.plan import ViewPlan
 from streamscore.features.rules import EventRules
+from streamscore.spark import hadoop_path, input_uri, require_spark, spark_session
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["SparkUnavailable", "backfill_spark", "require_spark", "spark_session"]
+__all__ = ["backfill_spark"]
 
 Fn = TypeVar("Fn", bound=Callable[..., None])
 
-# Rows per Arrow batch handed to the kernels: Spark's default (10,000) spends more in per-batch overhead.
-ARROW_BATCH_ROWS = 100_000
 KEEP, LAST = "_keep", "_last"  # staging columns: a row of the offline table / an entity's last row
-
-
-class SparkUnavailable(StreamscoreError):
-    """The spark engine was asked for, but PySpark or Java is missing."""
-
-
-def require_spark() -> None:
-    """Raise :class:`SparkUnavailable` (one line: what to install) unless PySpark and Java are there."""
-    try:
-        import pyspark  # noqa: F401
-    except ImportError:
-        raise SparkUnavailable(
-            "the spark backfill needs PySpark: pip install 'pyspark>=4,<5' (the spark extra, which make install "
-            "installs), or use --engine duckdb"
-        ) from None
-    java_home = os.environ.get("JAVA_HOME")
-    if shutil.which("java") is None and not (java_home and Path(java_home, "bin", "java").exists()):
-        raise SparkUnavailable("the spark backfill needs Java 17 or 21: install a JRE or set JAVA_HOME")
-
-
-def _local_cores(master: str) -> int | None:
-    """Cores of a ``local``, ``local[N]`` or ``local[*]`` master; None for a cluster."""
-    if master == "local":
-        return 1
-    if master.startswith("local[") and master.endswith("]"):
-        inner = master[len("local[") : -1].split(",")[0]  # local[N,maxFailures]
-        if inner == "*":
-            return os.cpu_count() or 1
-        return int(inner) if inner.isdigit() else None
-    return None
-
-
-def spark_session(master: str = "local[*]") -> SparkSession:
-    """A SparkSession for the backfill (or the one already active in this process, whatever its master).
-
-    No web UI, Arrow on, UTC. In local mode the Python workers run this interpreter (they import streamscore
-    and numba) and shuffles use two partitions per core instead of Spark's 200. Anything else (memory,
-    executors, a cluster's Python) comes from the usual Spark places: ``spark-defaults.conf``,
-    ``PYSPARK_SUBMIT_ARGS``, ``PYSPARK_PYTHON``.
-    """
-    require_spark()
-    from pyspark.sql import SparkSession
-
-    builder: Any = SparkSession.builder.master(master).appName("streamscore-backfill")
-    conf = {
-        "spark.ui.enabled": "false",
-        "spark.ui.showConsoleProgress": "false",  # stage bars on stderr would break our progress bar
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH_ROWS),
-        "spark.sql.session.timeZone": "UTC",
-    }
-    cores = _local_cores(master)
-    if cores is not None:
-        # PySpark starts its workers with $PYSPARK_PYTHON, else `python3` from PATH: not this venv's.
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        conf["spark.sql.shuffle.partitions"] = str(max(2, 2 * cores))
-    for key, value in conf.items():
-        builder = builder.config(key, value)
-    try:
-        session: SparkSession = builder.getOrCreate()
-    except Exception as exc:  # the JVM did not start: PySparkRuntimeError JAVA_GATEWAY_EXITED and the like
-        raise SparkUnavailable(f"cannot start Spark ({master}): {exc}".splitlines()[0]) from exc
-    session.sparkContext.setLogLevel("ERROR")
-    return session
 
 
 def _ms(ts: datetime) -> int:
     return int(ts.timestamp() * 1000)  # as the DuckDB engine rounds
-
-
-def _hadoop_path(path: Path) -> str:
-    """An explicit ``file://`` path (a cluster's default filesystem may be HDFS). Not ``Path.as_uri()``: Hadoop
-    takes its percent-escapes literally (``[`` would become a folder named ``%5B``)."""
-    return f"file://{path.resolve()}"
-
-
-def _input_uri(events: Path | str) -> str:
-    """What Spark reads: any ``scheme://`` URI (s3a, hdfs, gs) as given; a local file with Hadoop's glob
-    characters escaped (Spark expands globs in read paths)."""
-    if isinstance(events, str) and "://" in events:
-        return events
-    path = Path(events)
-    if not path.is_file():
-        raise FileNotFoundError(f"no events file at {path}")
-    return re.sub(r"([{}\[\]*?\\])", r"\\\1", _hadoop_path(path))
 
 
 def _accepted(
@@ -254,7 +170,7 @@ def _compute_view(accepted: DataFrame, plan: ViewPlan, start_ms: int, staging: P
         .sortWithinPartitions("entity", "time_ms", "arrival")
         .mapInArrow(_kernel_step(plan, start_ms), _spark_ddl(_staging_schema(plan)))
     )
-    rows.write.mode("overwrite").parquet(_hadoop_path(staging))
+    rows.write.mode("overwrite").parquet(hadoop_path(staging))
 
 
 def _merge(plan: ViewPlan, staging: Path, out: ViewOutput, chunk_rows: int, online: OnlineSink | None) -> None:
@@ -267,7 +183,7 @@ def _merge(plan: ViewPlan, staging: Path, out: ViewOutput, chunk_rows: int, onli
     schema = offline_schema(plan)
     stamp = pa.timestamp("ms", tz="UTC")
     tmp = out.path.with_suffix(".parquet.partial")
-    with pq.ParquetWriter(tmp, schema, compression="lz4") as writer:
+    with pq.ParquetWriter(tmp, schema, compression=OFFLINE_COMPRESSION) as writer:
         for part in sorted(staging.glob("*.parquet")):
             for batch in pq.ParquetFile(part).iter_batches(batch_size=chunk_rows):
                 kept = batch.filter(batch.column(KEEP))
@@ -308,7 +224,7 @@ def backfill_spark(
     """
     if end <= start:
         raise ValueError(f"--end ({end.isoformat()}) must be after --start ({start.isoformat()})")
-    uri = _input_uri(events)
+    uri = input_uri(events)
     require_spark()
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F

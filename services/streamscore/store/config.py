@@ -67,10 +67,14 @@ DEFINITIONS = REPO_PATH / "definitions.py"
 # `apply` while keeping that re-read off all but one request a minute.
 REGISTRY_CACHE_TTL_S = 60
 
-# `training.offline_store` to Feast's `offline_store: type:`. The two differ only in get_historical_features (the
-# ASOF store is Feast's DuckDB store otherwise), which is why feature_store.yaml, for the CLI, can name one for all.
+# `training.offline_store` to Feast's `offline_store: type:`. They differ only in get_historical_features (ours are
+# Feast's DuckDB store otherwise), which is why feature_store.yaml, for the CLI, can name one for all.
 # Named, not imported: Feast imports the store (and ibis, ~0.4 s) when a RepoConfig is built, not on import here.
-OFFLINE_STORE_TYPES = {"asof": "streamscore.store.offline.AsofDuckDBOfflineStore", "duckdb": "duckdb"}
+OFFLINE_STORE_TYPES = {
+    "asof": "streamscore.store.offline.AsofDuckDBOfflineStore",
+    "duckdb": "duckdb",
+    "spark": "streamscore.store.offline_spark.SparkOfflineStore",
+}
 
 _EXPERIMENTAL = r"(Stream|Batch) feature views are experimental"
 # ibis (Feast's DuckDB offline store) still calls a DuckDB 2 method that warns; harmless, and not ours to fix.
@@ -130,6 +134,13 @@ def registry_path(settings: Settings) -> Path:
     return settings.data_dir / "feast" / "registry.db"
 
 
+def _offline_store(settings: Settings) -> dict[str, str]:
+    kind = settings.training.offline_store
+    if kind == "spark":
+        return {"type": OFFLINE_STORE_TYPES[kind], "spark_master": settings.features.spark_master}
+    return {"type": OFFLINE_STORE_TYPES[kind]}
+
+
 def repo_config(settings: Settings) -> RepoConfig:
     """The Feast configuration ``feature_repo/feature_store.yaml`` describes, filled from ``settings``."""
     path = registry_path(settings)
@@ -139,7 +150,7 @@ def repo_config(settings: Settings) -> RepoConfig:
         provider="local",
         registry=RegistryConfig(registry_type="file", path=str(path), cache_ttl_seconds=REGISTRY_CACHE_TTL_S),
         online_store={"type": "redis", "connection_string": redis_connection_string(settings.redis)},
-        offline_store={"type": OFFLINE_STORE_TYPES[settings.training.offline_store]},
+        offline_store=_offline_store(settings),
         entity_key_serialization_version=3,
         repo_path=REPO_PATH,
     )

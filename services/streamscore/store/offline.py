@@ -145,7 +145,7 @@ class _View:
         return matched_ts + ibis.interval(self.ttl) >= entity_ts
 
 
-def _utc_timestamps(entity_df: pd.DataFrame, column: str) -> pd.Series:
+def utc_timestamps(entity_df: pd.DataFrame, column: str) -> pd.Series:
     """The entity timestamps as Feast's DuckDB store takes them: strings and objects parsed as UTC, others as
     they are (timezone-naive ones then compare as UTC, DuckDB's session time zone under ibis)."""
     stamps = entity_df[column].infer_objects()
@@ -187,7 +187,7 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         ts_column = offline_utils.infer_event_timestamp_from_entity_df(
             dict(zip(entity_df.columns, entity_df.dtypes, strict=True))
         )
-        stamps = _utc_timestamps(entity_df, ts_column)
+        stamps = utc_timestamps(entity_df, ts_column)
         # A new frame: Feast's store rewrites the caller's timestamp column in place; this one leaves it alone.
         entity = entity_df.assign(**{ts_column: stamps, _ROW: np.arange(len(entity_df), dtype=np.int64)})
         entity_table = ibis.memtable(entity)
@@ -223,8 +223,8 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
             metadata=RetrievalMetadata(
                 features=feature_refs,
                 keys=[c for c in entity_df.columns if c != ts_column],
-                min_event_timestamp=_as_datetime(first),
-                max_event_timestamp=_as_datetime(last),
+                min_event_timestamp=as_datetime(first),
+                max_event_timestamp=as_datetime(last),
             ),
             data_source_writer=_write_data_source,
             staging_location=config.offline_store.staging_location,
@@ -233,5 +233,5 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         )
 
 
-def _as_datetime(stamp: object) -> datetime | None:
+def as_datetime(stamp: object) -> datetime | None:
     return stamp.to_pydatetime() if isinstance(stamp, pd.Timestamp) else None

@@ -33,8 +33,9 @@ SPLITS = ("train", "validation", "test")
 ENTITY_OFFSET = timedelta(milliseconds=1)
 # Label rows per get_historical_features call, by `training.offline_store`. Feast's DuckDB store grows faster than
 # linearly with the rows of one call (10k: 0.5 s, 50k: 14 s), so it is asked 10k at a time. The ASOF store is
-# linear (1M label rows in 1.9 s, BENCHMARKS.md): one call, chunked only to bound the frames held at once.
-_CHUNK_ROWS = {"asof": 1_000_000, "duckdb": 10_000}
+# linear (1M label rows in 1.9 s, BENCHMARKS.md): one call, chunked only to bound the frames held at once. The Spark
+# store re-reads every feature table per call, so it too takes a million at a time.
+_CHUNK_ROWS = {"asof": 1_000_000, "duckdb": 10_000, "spark": 1_000_000}
 
 Progress = Callable[[int, int], None]
 
