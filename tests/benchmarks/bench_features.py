@@ -333,8 +333,8 @@ def _freshness_markdown(results: list[tuple[str, Any]], capacity: dict[str, floa
         "250 ms, timed from `produce()` until its Redis hash exists (1 ms polling).",
         "",
         "| engine | events/s sent | batch_within_ms | stage | p50 | p99 | e2e sentinel p50 / p99 / max (n) "
-        "| checkpoint rounds, mean |",
-        "| --- | ---: | ---: | --- | --- | --- | --- | --- |",
+        "| checkpoint rounds, mean | full GCs, mean |",
+        "| --- | ---: | ---: | --- | --- | --- | --- | --- | --- |",
     ]
     for engine, f in results:
         e2e = f.e2e_ms
@@ -343,12 +343,13 @@ def _freshness_markdown(results: list[tuple[str, Any]], capacity: dict[str, floa
         else:
             e2e_text = "none seen"
         rounds = f"{f.checkpoints:.0f}, {1000 * f.checkpoint_s / f.checkpoints:.0f} ms" if f.checkpoints else "none"
+        pauses = f"{f.gc_pauses:.0f}, {1000 * f.gc_s / f.gc_pauses:.0f} ms" if f.gc_pauses else "none"
         for stage, buckets in f.buckets.items():
             q50, q99 = features_stream.quantile(buckets, 0.5), features_stream.quantile(buckets, 0.99)
             first = stage == features_stream.INGEST
             lines.append(
                 f"| {engine} | {fmt_rate(f.rate)} | {f.within_ms} | {stage} | {_bucket(q50)} | {_bucket(q99)} | "
-                f"{e2e_text if first else ''} | {rounds if first else ''} |"
+                f"{e2e_text if first else ''} | {rounds if first else ''} | {pauses if first else ''} |"
             )
     lines += [
         "",

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from tests.benchmarks.features_common import say, seconds_in_child
+from tests.benchmarks.features_common import ChildFailed, say, seconds_in_child
 
 SIZES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
 PARTS = tuple(SIZES)
@@ -39,7 +39,7 @@ STORES = {"duckdb": "Feast's DuckDB store", "asof": "ASOF store", "spark": "Spar
 class Result:
     rows: int
     history: int  # offline rows, both views
-    seconds: dict[str, float | None]  # store -> seconds, None: stopped at the limit
+    seconds: dict[str, float | str]  # store -> seconds, or why it has none (stopped at the limit, failed)
     same: bool | None  # the frames of the stores that finished are equal, None: fewer than two finished
 
 
@@ -97,10 +97,17 @@ def _child(root: str, store: str, out: str, conn: Connection) -> None:
     conn.send(seconds)
 
 
-def timed(root: Path, store: str, limit_s: float | None) -> float | None:
-    """Seconds ``store`` takes for every label row under ``root``, or None when it passes ``limit_s``."""
+def timed(root: Path, store: str, limit_s: float | None) -> float | str:
+    """Seconds ``store`` takes for every label row under ``root``, or why not: past ``limit_s``, or the
+    baseline failed (Feast's range join at 1M rows spills until the disk is full)."""
     args = (str(root), store, str(root / f"frame-{store}.parquet"))
-    return seconds_in_child(store, _child, args, limit_s, ready_s=300)
+    try:
+        seconds = seconds_in_child(store, _child, args, limit_s, ready_s=300)
+    except ChildFailed as exc:
+        if limit_s is None:  # ours must not fail
+            raise
+        return f"failed ({str(exc).removeprefix(f'{store}: ')})"
+    return f"stopped at {limit_s:.0f} s" if seconds is None else seconds
 
 
 def bench(size: int) -> Result:
@@ -108,19 +115,23 @@ def bench(size: int) -> Result:
         root = Path(tmp)
         say(f"offline: {size:,} transactions, generate and backfill")
         history = prepare(root, size)
-        seconds: dict[str, float | None] = {}
+        seconds: dict[str, float | str] = {}
         for store in STORES:
             say(f"offline: {size:,} label rows through {STORES[store]}")
             seconds[store] = timed(root, store, BASELINE_LIMIT_S if store == "duckdb" else None)
-        frames = [pd.read_parquet(root / f"frame-{store}.parquet") for store in STORES if seconds[store] is not None]
+        frames = [pd.read_parquet(root / f"frame-{store}.parquet") for store in STORES if _done(seconds[store])]
         same = all(frame.equals(frames[0]) for frame in frames[1:]) if len(frames) > 1 else None
         return Result(size, history, seconds, same)
 
 
+def _done(seconds: float | str) -> bool:
+    return not isinstance(seconds, str)
+
+
 def markdown(results: list[Result]) -> str:
-    def cells(rows: int, seconds: float | None) -> str:
-        if seconds is None:
-            return f"stopped at {BASELINE_LIMIT_S:.0f} s | < {rows / BASELINE_LIMIT_S:,.0f}"
+    def cells(rows: int, seconds: float | str) -> str:
+        if isinstance(seconds, str):
+            return f"{seconds} | -"
         return f"{seconds:.2f} | {rows / seconds:,.0f}"
 
     lines = [
@@ -130,10 +141,12 @@ def markdown(results: list[Result]) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
 
-    def ratio(theirs: float | None, ours: float | None) -> str:
-        if ours is None:
+    def ratio(theirs: float | str, ours: float | str) -> str:
+        if isinstance(ours, str):
             return "-"
-        return f"{theirs / ours:,.1f}x" if theirs is not None else f"> {BASELINE_LIMIT_S / ours:,.1f}x"
+        if isinstance(theirs, str):
+            return f"> {BASELINE_LIMIT_S / ours:,.1f}x" if theirs.startswith("stopped") else "-"
+        return f"{theirs / ours:,.1f}x"
 
     for r in results:
         theirs = r.seconds["duckdb"]

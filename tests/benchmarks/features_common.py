@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,18 @@ from streamscore.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 _T0 = time.monotonic()
+
+
+class ChildFailed(RuntimeError):
+    """The timed step raised in its child process; the message is its exception, in one line."""
+
+
+def _report_failure(target: Callable[..., None], args: tuple[Any, ...], conn: Connection) -> None:
+    try:
+        target(*args, conn)
+    except BaseException as exc:
+        conn.send(("failed", f"{type(exc).__name__}: {exc}".splitlines()[0]))
+        raise
 
 
 def seconds_in_child(
@@ -36,17 +49,30 @@ def seconds_in_child(
 ) -> float | None:
     """Run ``target(*args, conn)`` in a spawned process (no fork of a process holding DuckDB's threads) and
     return the seconds it sends back, or None when they do not come within ``limit_s``; the child is then
-    stopped. With ``ready_s``, the child first sends "ready" (its warm-up done) within that many seconds."""
+    stopped. With ``ready_s``, the child first sends "ready" (its warm-up done) within that many seconds.
+    A child that raises is :class:`ChildFailed`, as soon as it does."""
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=target, args=(*args, theirs))
+    child = ctx.Process(target=_report_failure, args=(target, args, theirs))
     child.start()
+    theirs.close()  # the child's end: once the child is gone, a read here ends instead of waiting out the limit
+
+    def receive() -> Any:
+        try:
+            got = ours.recv()
+        except EOFError:
+            child.join()
+            raise ChildFailed(f"{name}: the child exited ({child.exitcode}) without an answer") from None
+        if isinstance(got, tuple) and got[:1] == ("failed",):
+            raise ChildFailed(f"{name}: {got[1]}")
+        return got
+
     try:
-        if ready_s is not None and (not ours.poll(ready_s) or ours.recv() != "ready"):
+        if ready_s is not None and (not ours.poll(ready_s) or receive() != "ready"):
             raise RuntimeError(f"{name}: the warm-up did not finish")
         if not ours.poll(limit_s):
             return None
-        seconds: float = ours.recv()
+        seconds: float = receive()
         child.join()
         return seconds
     finally:

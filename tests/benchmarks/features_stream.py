@@ -221,6 +221,8 @@ class FreshnessResult:
     batches: float
     checkpoints: float  # checkpoint rounds in the paced window
     checkpoint_s: float  # their total time (write, acks, online repair), all of it under the stages' lock
+    gc_pauses: float  # full (generation 2) garbage collections in the paced window
+    gc_s: float  # their total time, every thread stopped
 
 
 def _freshness_buckets(m: Any, stage: str) -> list[tuple[float, float]]:
@@ -365,6 +367,11 @@ def freshness(
             - metric(before, f"streamscore_features_checkpoint_seconds_{part}")
             for part in ("count", "sum")
         }
+        gc = {
+            part: metric(after, f"streamscore_gc_pause_seconds_{part}", generation="2")
+            - metric(before, f"streamscore_gc_pause_seconds_{part}", generation="2")
+            for part in ("count", "sum")
+        }
     finally:
         proc.stop(10)
         client.close()
@@ -378,6 +385,8 @@ def freshness(
         batches=batches,
         checkpoints=rounds["count"],
         checkpoint_s=rounds["sum"],
+        gc_pauses=gc["count"],
+        gc_s=gc["sum"],
     )
 
 

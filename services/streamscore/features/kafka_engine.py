@@ -15,9 +15,10 @@ parallel and take turns in the processor (one lock), as faust's two agents do.
 
 Offsets: a partition's offset is committed only after a checkpoint covering it was acknowledged by Kafka,
 and the committed offset is the one the checkpoint records (the state's ``next_offset``), so a commit never
-runs ahead of the state a successor will restore. Periodic commits are asynchronous (a lost one only means
-a longer replay, which rewrites the same values); those of revoked partitions and of a clean stop are
-synchronous.
+runs ahead of the state a successor will restore. For the same reason a batch does not wait for its forwards
+and dead letters to be acknowledged: the checkpoint does, before it writes a state that counts them.
+Periodic commits are asynchronous (a lost one only means a longer replay, which rewrites the same values);
+those of revoked partitions and of a clean stop are synchronous.
 
 Rebalancing is cooperative (incremental): a process joining or leaving moves only the partitions that must
 move; the others keep being processed through the rebalance. A revoked partition is checkpointed and
@@ -140,7 +141,7 @@ class _StageLoop:
         if records:
             with self.lock:
                 if not self.processor.poisoned:  # else the other stage failed mid-batch, and all stop
-                    self.processor.handle(self.stage, records)
+                    self.processor.handle(self.stage, records, await_kafka=False)
 
     def _checkpoint(self, partitions: set[int] | None, *, asynchronous: bool) -> None:
         """Checkpoint this stage's partitions (all, or ``partitions``), then commit the offsets they record."""

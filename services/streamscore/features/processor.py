@@ -144,24 +144,33 @@ class FeatureProcessor:
                     self._write_online({view: [rows]})
             if recovered.backlog is not None:  # records the group's offset would skip: processed here
                 for batch in recovery.read(partition, *recovered.backlog):
-                    self._process_all(stage, {partition: batch}, len(batch))
+                    self._process_all(stage, {partition: batch}, len(batch), True)
         return state
 
-    def handle(self, stage: IngestStage | RekeyStage, records: Sequence[InRecord]) -> StageOutput:
+    def handle(
+        self, stage: IngestStage | RekeyStage, records: Sequence[InRecord], *, await_kafka: bool = True
+    ) -> StageOutput:
         """Process one batch (any mix of partitions, each in offset order) and deliver its outputs; blocks until
-        the broker and Redis acknowledged them. A failure marks the processor poisoned: its states may hold
-        part of the batch, so no checkpoint may follow."""
+        Redis acknowledged its writes and, with ``await_kafka``, the broker its forwards and dead letters.
+
+        ``await_kafka=False`` is for an engine that commits only what a checkpoint covers (the kafka engine):
+        :meth:`checkpoint` waits for every output before it writes a state, so the wait moves from every batch
+        (a broker round trip, under the stages' lock) to every checkpoint round. faust commits what was
+        acknowledged to it, so its engine waits per batch.
+
+        A failure marks the processor poisoned: its states may hold part of the batch, so no checkpoint may
+        follow."""
         by_partition: dict[int, list[InRecord]] = defaultdict(list)
         for rec in records:
             by_partition[rec.partition].append(rec)
         try:
-            return self._process_all(stage, by_partition, len(records))
+            return self._process_all(stage, by_partition, len(records), await_kafka)
         except BaseException:
             self.poisoned = True
             raise
 
     def _process_all(
-        self, stage: IngestStage | RekeyStage, by_partition: dict[int, list[InRecord]], n_events: int
+        self, stage: IngestStage | RekeyStage, by_partition: dict[int, list[InRecord]], n_events: int, await_kafka: bool
     ) -> StageOutput:
         """Process until every partition's records are applied. A partition that meets a schema-registry
         outage is retried with backoff (its records are valid as far as anyone knows: dead-lettering them, as
@@ -169,7 +178,7 @@ class FeatureProcessor:
         delay = _BACKOFF_START_S
         done = StageOutput()
         while True:
-            out, waiting = self._process(stage, by_partition, n_events)
+            out, waiting = self._process(stage, by_partition, n_events, await_kafka)
             done.dead += out.dead
             done.forwards += out.forwards
             done.applied += out.applied
@@ -235,7 +244,7 @@ class FeatureProcessor:
                 )
 
     def _process(
-        self, stage: IngestStage | RekeyStage, by_partition: dict[int, list[InRecord]], n_events: int
+        self, stage: IngestStage | RekeyStage, by_partition: dict[int, list[InRecord]], n_events: int, await_kafka: bool
     ) -> tuple[StageOutput, list[int]]:
         """One pass, outputs delivered; also returns the partitions left untouched by a registry outage."""
         merged = StageOutput()
@@ -266,7 +275,8 @@ class FeatureProcessor:
         for topic, key, value, headers, partition in merged.forwards:
             self.producer.send(topic, value, key=key, headers=headers, partition=partition)
         self._write_online(online)
-        self.producer.flush()
+        if await_kafka:
+            self.producer.flush()
         EVENTS_IN.labels(stage.name).inc(n_events)
         EVENTS_APPLIED.labels(stage.name).inc(merged.applied)
         BATCHES.labels(stage.name).inc()
@@ -279,8 +289,13 @@ class FeatureProcessor:
         return merged, waiting
 
     def checkpoint(self, partitions: set[tuple[str, int]] | None = None) -> None:
-        """One round: evict idle entities, write changed rows and checkpoints, wait for Kafka's acks."""
+        """One round: evict idle entities, write changed rows and checkpoints, wait for Kafka's acks.
+
+        Outputs of the batches applied so far (forwards, dead letters) are acknowledged first: a checkpoint says
+        its events are done, and one written while a forward could still fail would make a restore skip an event
+        the next stage never got."""
         started = time.perf_counter()
+        self.producer.flush()
         stages: dict[str, IngestStage | RekeyStage] = {self.ingest.name: self.ingest, self.rekey.name: self.rekey}
         for key, state in list(self.states.items()):
             if partitions is not None and key not in partitions:

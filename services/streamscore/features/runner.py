@@ -10,6 +10,7 @@ from streamscore.features import load_plans, rules_for
 from streamscore.features.plan import ViewPlan
 from streamscore.features.processor import FeatureProcessor
 from streamscore.features.rules import EventRules
+from streamscore.heap import freeze_startup_heap
 from streamscore.kafka import ensure_topics
 from streamscore.settings import Settings
 
@@ -28,10 +29,11 @@ def run_processor(settings: Settings) -> None:
 
 def _started(settings: Settings, plans: list[ViewPlan], processor: FeatureProcessor) -> None:
     serve_metrics(settings, "features")
+    frozen = freeze_startup_heap()
     log.info(
-        "feature processor (%s engine): views %s, group %s, state in %s",
+        "feature processor (%s engine): views %s, group %s, state in %s; %d start-up objects frozen",
         settings.features.engine, ", ".join(p.name for p in plans), settings.features.group_id,
-        ", ".join(r.state_log.topic for r in processor.recovery.values()),
+        ", ".join(r.state_log.topic for r in processor.recovery.values()), frozen,
     )  # fmt: skip
 
 
@@ -41,8 +43,8 @@ def _run_faust(settings: Settings, plans: list[ViewPlan], rules: EventRules) -> 
     from streamscore.features.app import build_app
 
     app, processor = build_app(settings, plans, rules)
-    _started(settings, plans, processor)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), redirect_stdouts=False, override_logging=False)
+    _started(settings, plans, processor)
     try:
         worker.execute_from_commandline()
     finally:

@@ -470,6 +470,7 @@ class InferenceWorker:
 def run_workers(settings: Settings) -> None:
     """`streamscore inference run` with one worker in this process (metrics from settings.metrics_port up)."""
     from streamscore.exporter import serve_metrics
+    from streamscore.heap import freeze_startup_heap
 
     ensure_topics(settings)
     serve_metrics(settings, "inference")
@@ -487,7 +488,8 @@ def run_workers(settings: Settings) -> None:
     if stop.is_set():  # SIGTERM while the model loaded
         worker.instance.release()
         return
-    log.info("inference worker %s in group %s (%s)", worker.worker_id, settings.inference.group_id,
-             settings.inference.guarantee)  # fmt: skip
+    frozen = freeze_startup_heap()
+    log.info("inference worker %s in group %s (%s); %d start-up objects frozen", worker.worker_id,
+             settings.inference.group_id, settings.inference.guarantee, frozen)  # fmt: skip
     worker.run()
     log.info("inference worker %s stopped after %d predictions", worker.worker_id, worker.scored)
