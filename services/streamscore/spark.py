@@ -72,9 +72,6 @@ def spark_session(master: str = "local[*]") -> SparkSession:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH_ROWS),
         "spark.sql.session.timeZone": "UTC",
-        # pandas writes nanosecond timestamps, which Spark otherwise refuses to read ("Illegal Parquet type"):
-        # read them as their int64 and convert where the footer says so (streamscore.store.offline_spark).
-        "spark.sql.legacy.parquet.nanosAsLong": "true",
     }
     cores = local_cores(master)
     if cores is not None:

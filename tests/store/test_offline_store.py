@@ -159,7 +159,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
         source=FileSource(name="zero_src", path=str(root / "zero.parquet"), timestamp_field="event_timestamp"),
     )
     service = FeatureService(name="everything", features=[user_stats, pair_stats, zero_ttl])
-    objects = [user, merchant, user_stats, pair_stats, zero_ttl, service]
+    # One of pair_stats' two keys read from another entity column: Feast maps key by key.
+    payer = FeatureService(name="payer_pairs", features=[pair_stats.with_join_key_map({"user_id": "payer"})])
+    objects = [user, merchant, user_stats, pair_stats, zero_ttl, service, payer]
     made = Repo(root=root, user_rows=user_rows, objects=objects)
     made.store("duckdb").apply(objects)
     return made
@@ -265,6 +267,31 @@ def test_filter_by_created_timestamp_gives_feasts_frame(repo: Repo, ours: str) -
     theirs = _historical(repo.store("duckdb"), entity, ALL_FEATURES, filter_by_created_timestamp=True).to_df()
     got = _historical(repo.store(ours), entity, ALL_FEATURES, filter_by_created_timestamp=True).to_df()
     pd.testing.assert_frame_equal(_by_row(got), _by_row(theirs))
+
+
+def test_a_join_key_map_naming_one_of_two_keys_keeps_the_other(repo: Repo, ours: str) -> None:
+    """Feast's SQL offline stores map key by key (``offline_utils``: ``join_key_map.get(key, key)``), and so do
+    ours: remapping user_id must not drop merchant_id. Feast's DuckDB store is not the reference here: it joins
+    on the mapped keys alone (``join_key_map or {...}`` in its ibis join), matching any merchant's row."""
+    entity = _entity_rows(repo, n=300)
+    with quiet_feast():
+        service = repo.store(ours).get_feature_service("payer_pairs")
+    payer = entity.rename(columns={"user_id": "payer"})
+    job = _historical(repo.store(ours), payer, service)
+    assert isinstance(job, JOBS[ours])
+    got = job.to_df()
+    plain = _historical(repo.store(ours), entity, PAIR_FEATURES).to_df()
+    pd.testing.assert_frame_equal(
+        _by_row(got).drop(columns=["payer"]), _by_row(plain).drop(columns=["user_id"]), check_exact=True
+    )
+    assert plain["v"].notna().sum() > 100  # the pairs do match: a dropped key would match every merchant's row
+
+
+def test_an_empty_entity_frame_gives_an_empty_frame(repo: Repo, ours: str) -> None:
+    entity = _entity_rows(repo, n=10).head(0)
+    got = _historical(repo.store(ours), entity, ALL_FEATURES).to_df()
+    assert got.empty
+    assert list(got.columns) == [*entity.columns, *(ref.split(":")[1] for ref in ALL_FEATURES)]
 
 
 # -- the cases parity covers are really there --------------------------------------------------------------------

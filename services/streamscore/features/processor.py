@@ -293,7 +293,18 @@ class FeatureProcessor:
 
         Outputs of the batches applied so far (forwards, dead letters) are acknowledged first: a checkpoint says
         its events are done, and one written while a forward could still fail would make a restore skip an event
-        the next stage never got."""
+        the next stage never got.
+
+        A failure marks the processor poisoned, as a failed batch does: the flush that raised has consumed the
+        producer's record of what failed, so a later round (the other stage's, or the last one at stop) would
+        flush clean and write a checkpoint past the lost output."""
+        try:
+            self._checkpoint(partitions)
+        except BaseException:
+            self.poisoned = True
+            raise
+
+    def _checkpoint(self, partitions: set[tuple[str, int]] | None) -> None:
         started = time.perf_counter()
         self.producer.flush()
         stages: dict[str, IngestStage | RekeyStage] = {self.ingest.name: self.ingest, self.rekey.name: self.rekey}

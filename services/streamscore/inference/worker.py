@@ -37,6 +37,7 @@ import numpy as np
 import redis
 from prometheus_client import Counter, Gauge, Histogram
 
+from streamscore.heap import freeze_startup_heap, refreeze_heap
 from streamscore.inference.drift import compile_kernels
 from streamscore.inference.instance import Instance, claim_instance
 from streamscore.inference.reports import DriftReporter
@@ -417,6 +418,7 @@ class InferenceWorker:
                 loaded = pending.result()
                 if loaded is not None:
                     self.scorer = self._scorer(*loaded)
+                    refreeze_heap()  # the model it replaced was frozen with the start-up heap
             except Exception as exc:  # a model that does not load never replaces a working one
                 log.error("new champion not loaded, still serving v%s: %s", self.version, exc)
         if self._pending is not None or time.monotonic() < self._next_reload:
@@ -470,7 +472,6 @@ class InferenceWorker:
 def run_workers(settings: Settings) -> None:
     """`streamscore inference run` with one worker in this process (metrics from settings.metrics_port up)."""
     from streamscore.exporter import serve_metrics
-    from streamscore.heap import freeze_startup_heap
 
     ensure_topics(settings)
     serve_metrics(settings, "inference")

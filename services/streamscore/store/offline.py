@@ -14,7 +14,9 @@ returns Feast's ibis-backed job, so column types and names come out as Feast's w
 answer, cell for cell (``tests/store/test_offline_store.py`` compares the two):
 
 - the feature row of each view is the latest one whose event timestamp is at or before the entity timestamp
-  and whose join keys equal the entity's (a null key matches nothing);
+  and whose join keys equal the entity's (a null key matches nothing). A projection's ``join_key_map`` is applied
+  key by key, as Feast's other offline stores read it; Feast's DuckDB store, given a map that names only some of
+  a view's keys, joins on those alone and matches rows of any value of the others;
 - ties on the event timestamp go to the newest created timestamp. DuckDB's ASOF picks any of several rows with
   the same timestamp (duckdb#25536), so the rows of each (join keys, event timestamp) are first cut to the one
   with the newest created timestamp, the order Feast's ``row_number()`` uses. A view without a created-timestamp
@@ -115,9 +117,7 @@ class _View:
         if self.ttl is not None:
             keep &= table[timestamp_field] + ibis.interval(self.ttl) >= entity_ts.min()
         table = table.filter(keep)
-        join_key_map: dict[str, str] = feature_view.projection.join_key_map or {
-            e.name: e.name for e in feature_view.entity_columns
-        }
+        join_key_map = join_keys(feature_view)
         if created is not None:
             # ASOF takes any of several rows with one timestamp: keep the newest created, Feast's tie-break.
             newest = ibis.row_number().over(
@@ -143,6 +143,13 @@ class _View:
         if self.ttl is None:
             return None
         return matched_ts + ibis.interval(self.ttl) >= entity_ts
+
+
+def join_keys(feature_view: FeatureView) -> dict[str, str]:
+    """Each join key of the view and the entity-frame column it matches: Feast's ``join_key_map`` where it names
+    one (a projection's ``with_join_key_map``), the key itself otherwise (``offline_utils``, key by key)."""
+    mapped = feature_view.projection.join_key_map or {}
+    return {e.name: mapped.get(e.name, e.name) for e in feature_view.entity_columns}
 
 
 def utc_timestamps(entity_df: pd.DataFrame, column: str) -> pd.Series:

@@ -4,7 +4,7 @@ Select it with ``offline_store: {type: streamscore.store.offline_spark.SparkOffl
 ``STREAMSCORE_TRAINING__OFFLINE_STORE=spark``, whose master is ``features.spark_master``, the spark backfill's).
 Only ``get_historical_features`` runs on Spark; every other method is Feast's DuckDB store's, as in the ASOF
 store (:mod:`streamscore.store.offline`), and the answer is that store's answer cell for cell
-(``tests/store/test_offline_spark.py`` compares the two and Feast's own).
+(``tests/store/test_offline_store.py`` runs the same suite over both against Feast's own).
 
 Spark has no ASOF join, and a range join (Feast's plan) grows with each entity's history. The join here is a
 sort, the way Chronon and Tecton do it on Spark: per view, the entity rows and the feature rows are put in one
@@ -16,7 +16,8 @@ Feast. The rest is the ASOF store's, for the same reasons:
 - ties on the event timestamp go to the newest created timestamp (the feature rows of each (join keys, event
   timestamp) are first cut to that one, so the order of the sort is total);
 - ``ttl`` nulls a match older than ``entity_ts - ttl`` (bound included); zero or none is no limit;
-- a null join key matches nothing (feature rows with one are dropped before the sort);
+- a null join key matches nothing (feature rows with one are dropped before the sort); a ``join_key_map`` is
+  applied key by key;
 - the entity frame's columns come through unchanged from the caller's frame (only its timestamp column parsed
   as UTC, as the ASOF store does), then each view's features in the order requested, ``view__feature`` with
   ``full_feature_names``, rows in the entity frame's order.
@@ -53,7 +54,7 @@ from feast.repo_config import RepoConfig
 from feast.saved_dataset import SavedDatasetStorage
 
 from streamscore.spark import input_uri, require_spark, spark_session
-from streamscore.store.offline import as_datetime, utc_timestamps
+from streamscore.store.offline import as_datetime, join_keys, utc_timestamps
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -64,6 +65,7 @@ STORE_TYPE: Final = "streamscore.store.offline_spark.SparkOfflineStore"
 """What ``offline_store: type:`` names to select this store (Feast imports it by this path)."""
 
 _ROW, _TS, _KIND, _MATCH = "__row", "__ts", "__kind", "__match"  # private columns of the sorted frame
+_NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
 _FEATURE_ROW, _ENTITY_ROW = 0, 1  # the sort's tie-break: a feature row at the entity's timestamp comes first
 
 
@@ -155,15 +157,15 @@ class _View:
         assert isinstance(source, FileSource)  # checked by _is_parquet
         self.source = source
         self.ttl: timedelta | None = feature_view.ttl or None  # Feast: a zero ttl is no ttl
-        self.join_keys: dict[str, str] = feature_view.projection.join_key_map or {
-            e.name: e.name for e in feature_view.entity_columns
-        }  # feature-side key -> entity column
+        self.join_keys = join_keys(feature_view)  # feature-side key -> entity column
         prefix = feature_view.projection.name_to_use()  # type: ignore[no-untyped-call]
         self.features = [ref.split(":")[1] for ref in feature_refs if ref.startswith(f"{prefix}:")]
         base = feature_view.projection.name_alias or feature_view.name
         self.names = [f"{base}__{f}" if full_feature_names else f for f in self.features]
 
-    def matches(self, spark: SparkSession, entity: DataFrame, bounds: tuple[Any, Any], repo_path: str) -> DataFrame:
+    def matches(
+        self, spark: SparkSession, entity: DataFrame, bounds: tuple[Any, Any] | None, repo_path: str
+    ) -> DataFrame:
         """(row number, this view's features) of every entity row: the latest feature row at or before it."""
         from pyspark.sql import Window
         from pyspark.sql import functions as F
@@ -180,9 +182,11 @@ class _View:
 
         ts = column(self.source.timestamp_field).cast("timestamp")
         keys = [column(k).alias(entity_column) for k, entity_column in self.join_keys.items()]
-        keep = ts <= F.lit(bounds[1])
-        if self.ttl is not None:
-            keep &= F.unix_micros(ts) + _micros(self.ttl) >= F.unix_micros(F.lit(bounds[0]))
+        keep = F.lit(True)
+        if bounds is not None:  # rows no entity row can take only cost time
+            keep &= ts <= F.lit(bounds[1])
+            if self.ttl is not None:
+                keep &= F.unix_micros(ts) + _micros(self.ttl) >= F.unix_micros(F.lit(bounds[0]))
         for key in self.join_keys:
             keep &= column(key).isNotNull()
         rows = table.where(keep).select(
@@ -198,17 +202,17 @@ class _View:
         entity_keys = list(self.join_keys.values())
         if self.source.created_timestamp_column:
             # One row per (keys, timestamp): the newest created, Feast's tie-break; the sort below is then total.
-            newest = Window.partitionBy(*entity_keys, _TS).orderBy(F.col("__created").desc())
+            newest = Window.partitionBy(*map(_col, entity_keys), _TS).orderBy(F.col("__created").desc())
             rows = rows.withColumn("__n", F.row_number().over(newest)).where(F.col("__n") == 1)
         feature_rows = rows.select(
-            *entity_keys,
+            *map(_col, entity_keys),
             F.col(_TS),
             F.lit(_FEATURE_ROW).alias(_KIND),
-            F.struct(F.col(_TS), *(F.col(n) for n in self.names)).alias(_MATCH),
+            F.struct(F.col(_TS), *map(_col, self.names)).alias(_MATCH),
         )
-        entity_rows = entity.select(*entity_keys, F.col(_TS), F.lit(_ENTITY_ROW).alias(_KIND), F.col(_ROW))
+        entity_rows = entity.select(*map(_col, entity_keys), F.col(_TS), F.lit(_ENTITY_ROW).alias(_KIND), F.col(_ROW))
         before = (
-            Window.partitionBy(*entity_keys)
+            Window.partitionBy(*map(_col, entity_keys))
             .orderBy(_TS, _KIND)
             .rowsBetween(Window.unboundedPreceding, Window.currentRow)
         )
@@ -220,6 +224,13 @@ class _View:
         if self.ttl is not None:
             fresh = F.unix_micros(F.col(f"{_MATCH}.{_TS}")) + _micros(self.ttl) >= F.unix_micros(F.col(_TS))
         return matched.select(F.col(_ROW), *(F.when(fresh, F.col(_MATCH)[name]).alias(name) for name in self.names))
+
+
+def _col(name: str) -> Any:
+    """A column by its name as it is (a dot in a feature name is not a struct path)."""
+    from pyspark.sql import functions as F
+
+    return F.col(f"`{name}`")
 
 
 def _micros(delta: timedelta) -> int:
@@ -244,15 +255,27 @@ def _join(
     shipped = pd.DataFrame({_ROW: np.arange(len(entity_df), dtype=np.int64), _TS: utc})
     for key in keys:
         shipped[key] = entity_df[key].to_numpy()
-    entity = spark.createDataFrame(shipped)
-    bounds = (utc.min().to_pydatetime(), utc.max().to_pydatetime())
+    entity = spark.createDataFrame(pa.Table.from_pandas(shipped, preserve_index=False))  # typed even when empty
+    known = utc.dropna()
+    bounds = (known.min().to_pydatetime(), known.max().to_pydatetime()) if len(known) else None
     answer = _microseconds(pa.Table.from_pandas(entity_df.assign(**{ts_column: stamps}), preserve_index=False))
-    for view in views:
-        block = view.matches(spark, entity, bounds, repo_path).toArrow().sort_by(_ROW)
+    previous = spark.conf.get(_NANOS_AS_LONG, "false") or "false"
+    # pandas writes nanosecond timestamps, which Spark otherwise refuses to read ("Illegal Parquet type"): read
+    # as their int64 and converted where the footer says so (_nanosecond_columns). For this join only: the
+    # session may be the backfill's too.
+    spark.conf.set(_NANOS_AS_LONG, "true")
+    try:
+        blocks = [view.matches(spark, entity, bounds, repo_path).toArrow().sort_by(_ROW) for view in views]
+    finally:
+        spark.conf.set(_NANOS_AS_LONG, previous)
+    for view, block in zip(views, blocks, strict=True):
         if block.num_rows != len(entity_df):
             raise RuntimeError(f"the Spark join answered {block.num_rows} of {len(entity_df)} rows")
-        for name in view.names:
-            answer = answer.append_column(name, block[name])
+        for name in view.names:  # a feature named like an entity column replaces it, as in the ASOF store
+            if name in answer.column_names:
+                answer = answer.set_column(answer.column_names.index(name), name, block[name])
+            else:
+                answer = answer.append_column(name, block[name])
     return answer
 
 
