@@ -22,9 +22,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
-from tests.benchmarks.features_common import ChildFailed, say, seconds_in_child
+from tests.benchmarks.features_common import ChildFailed, backfilled_history, say, seconds_in_child
 
 SIZES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
 PARTS = tuple(SIZES)
@@ -46,25 +45,10 @@ class Result:
 def prepare(root: Path, events: int) -> int:
     """Generate ``events`` transactions, backfill them under ``root`` (its own registry) and write the label
     rows to ``root/labels.parquet``; returns the offline tables' row count."""
-    from streamscore.features import backfill, load_plans, rules_for
-    from streamscore.generator import GeneratorConfig, write_parquet
     from streamscore.settings import Settings
-    from streamscore.store import apply_definitions
     from streamscore.training.dataset import ENTITY_OFFSET
 
-    settings = Settings(data_dir=root, metrics_port=0)
-    apply_definitions(settings)
-    config = GeneratorConfig(
-        events=events,
-        rate=events / SPAN.total_seconds(),
-        seed=1,
-        users=max(100, events // 50),
-        merchants=max(30, events // 500),
-    )
-    write_parquet(config, root / "events.parquet")
-    plans = load_plans(settings)
-    rules = rules_for(settings, plans)
-    backfill(root / "events.parquet", plans, root / "offline", start=config.start, end=config.start + SPAN, rules=rules)
+    _, history = backfilled_history(Settings(data_dir=root, metrics_port=0), events, SPAN)
     raw = pd.read_parquet(root / "events.parquet", columns=["user_id", "merchant_id", "event_time"])
     labels = pd.DataFrame(
         {
@@ -75,7 +59,7 @@ def prepare(root: Path, events: int) -> int:
         }
     )
     labels.to_parquet(root / "labels.parquet")
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in (root / "offline").glob("*.parquet"))
+    return history
 
 
 def _child(root: str, store: str, out: str, conn: Connection) -> None:

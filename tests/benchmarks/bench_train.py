@@ -21,10 +21,8 @@ from datetime import datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from streamscore.settings import Settings
-from tests.benchmarks.features_common import say, seconds_in_child
+from tests.benchmarks.features_common import backfilled_history, say, seconds_in_child
 
 SIZES = {"100k": 100_000, "1m": 1_000_000}  # labelled rows in the training range
 PARTS = tuple(SIZES)
@@ -53,28 +51,10 @@ def _settings(root: Path, store: str = "asof") -> Settings:
 
 def prepare(root: Path, labelled: int) -> tuple[int, int, datetime, datetime]:
     """Generate and backfill under ``root``; returns (events, offline rows, training start, end)."""
-    from streamscore.features import backfill, load_plans, rules_for
-    from streamscore.generator import GeneratorConfig, write_parquet
-    from streamscore.store import apply_definitions
-
-    settings = _settings(root)
-    apply_definitions(settings)
     events = labelled * DAYS // (DAYS - 1)
     span = timedelta(days=DAYS)
-    config = GeneratorConfig(
-        events=events,
-        rate=events / span.total_seconds(),
-        seed=1,
-        users=max(100, events // 50),
-        merchants=max(30, events // 500),
-    )
-    write_parquet(config, root / "events.parquet")
-    plans = load_plans(settings)
-    end = config.start + span
-    backfill(root / "events.parquet", plans, root / "offline", start=config.start, end=end,
-             rules=rules_for(settings, plans))  # fmt: skip
-    history = sum(pq.ParquetFile(path).metadata.num_rows for path in (root / "offline").glob("*.parquet"))
-    return events, history, config.start + timedelta(days=1), end
+    start, history = backfilled_history(_settings(root), events, span)
+    return events, history, start + timedelta(days=1), start + span
 
 
 def _baseline_child(root: str, start: datetime, end: datetime, conn: Connection) -> None:

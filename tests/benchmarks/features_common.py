@@ -81,6 +81,32 @@ def seconds_in_child(
             child.join()
 
 
+def backfilled_history(settings: Settings, events: int, span: timedelta) -> tuple[datetime, int]:
+    """``events`` transactions over ``span`` (a user per 50, a merchant per 500) written to
+    ``data_dir/events.parquet`` and backfilled into ``data_dir/offline`` with the project's definitions,
+    registered first; returns (the history's start, offline rows of both views)."""
+    import pyarrow.parquet as pq
+
+    from streamscore.features import backfill, load_plans, rules_for
+    from streamscore.generator import GeneratorConfig, write_parquet
+    from streamscore.store import apply_definitions
+
+    root = settings.data_dir
+    apply_definitions(settings)
+    config = GeneratorConfig(
+        events=events,
+        rate=events / span.total_seconds(),
+        seed=1,
+        users=max(100, events // 50),
+        merchants=max(30, events // 500),
+    )
+    write_parquet(config, root / "events.parquet")
+    plans = load_plans(settings)
+    rules = rules_for(settings, plans)
+    backfill(root / "events.parquet", plans, root / "offline", start=config.start, end=config.start + span, rules=rules)
+    return config.start, sum(pq.ParquetFile(path).metadata.num_rows for path in (root / "offline").glob("*.parquet"))
+
+
 def say(message: str) -> None:
     """Progress on stderr (stdout is the Markdown)."""
     print(f"[{time.monotonic() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
