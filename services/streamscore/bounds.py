@@ -4,22 +4,25 @@ Avro only says "a string" and "a double". Ids become Redis keys, state-topic key
 or a newline in one, or a megabyte-long one, is a producer bug to refuse rather than carry. An amount of
 1e300 is finite yet makes every sum it touches meaningless and pushes the model far outside anything it was
 trained on (it scored such a purchase NaN, published as "not fraud"). Each path checks the same bounds: the
-stream and the worker call :meth:`InputBounds.problem`, the backfill's SQL uses :meth:`InputBounds.sql_valid`,
-so the same events are refused everywhere.
+stream and the worker check whole batches with :meth:`InputBounds.problems` (Arrow compute over columns), the
+backfill's SQL uses :meth:`InputBounds.sql_valid`, so the same events are refused everywhere.
 """
 
 from __future__ import annotations
 
-import math
-import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["InputBounds"]
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["InputBounds", "true_where"]
 
 # Control characters (C0, DEL, C1): invisible in logs and tables, and NUL splits ids in many tools.
 _CONTROL = "\\x00-\\x1f\\x7f-\\x9f"
-_BAD_CHAR = re.compile(f"[{_CONTROL}]")
+_BAD_CHAR = "[\\x{00}-\\x{1f}\\x{7f}-\\x{9f}]"  # the same class in RE2's syntax (Arrow's regexes)
 
 
 @dataclass(frozen=True)
@@ -27,36 +30,44 @@ class InputBounds:
     max_id_length: int = 128
     max_amount: float = 10_000_000.0
 
-    def id_problem(self, value: object) -> str | None:
-        """``missing``, ``too-long`` or ``control-character``, or None for a usable id."""
-        if not isinstance(value, str) or not value:
-            return "missing"
-        if len(value) > self.max_id_length:
-            return "too-long"
-        if _BAD_CHAR.search(value):
-            return "control-character"
-        return None
+    def problems(
+        self, columns: Mapping[str, pa.Array | pa.ChunkedArray], ids: Sequence[str], amount: str = "amount"
+    ) -> np.ndarray:
+        """The first problem of each row, as a dead-letter reason (``missing-user-id``, ``user-id-too-long``,
+        ``user-id-control-character``, ``amount-not-finite``, ``amount-negative``, ``amount-too-large``), or
+        None: an object array. Ids are checked in order, then the amount; a null counts as missing/not finite.
 
-    def amount_problem(self, value: object) -> str | None:
-        """``not-finite``, ``negative`` or ``too-large``, or None."""
-        if isinstance(value, bool) or not isinstance(value, float | int) or not math.isfinite(value):
-            return "not-finite"
-        if value < 0:
-            return "negative"
-        if value > self.max_amount:
-            return "too-large"
-        return None
+        Later assignments win, so the checks run from the least to the most important."""
+        values = columns[amount]
+        n = len(values)
+        reasons = np.full(n, None, object)
+        money = np.asarray(pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False), np.float64)
+        with np.errstate(invalid="ignore"):
+            reasons[money > self.max_amount] = "amount-too-large"
+            reasons[money < 0] = "amount-negative"
+        reasons[~np.isfinite(money)] = "amount-not-finite"
+        for key in reversed(ids):
+            column, name = columns[key], key.replace("_", "-")
+            reasons[true_where(pc.match_substring_regex(column, _BAD_CHAR))] = f"{name}-control-character"
+            reasons[true_where(pc.greater(pc.utf8_length(column), self.max_id_length))] = f"{name}-too-long"
+            reasons[true_where(pc.fill_null(pc.equal(pc.utf8_length(column), 0), True))] = f"missing-{name}"
+        return reasons
 
-    def problem(self, record: dict[str, object], ids: tuple[str, ...], amount: str = "amount") -> str | None:
-        """The first problem of a decoded record, as a dead-letter reason (``user-id-too-long``,
-        ``amount-too-large``, ...), or None."""
-        for key in ids:
-            found = self.id_problem(record.get(key))
-            if found is not None:
-                name = key.replace("_", "-")
-                return f"missing-{name}" if found == "missing" else f"{name}-{found}"
-        found = self.amount_problem(record.get(amount))
-        return None if found is None else f"amount-{found}"
+    def problems_of(
+        self, records: Sequence[Mapping[str, object]], ids: Sequence[str], amount: str = "amount"
+    ) -> np.ndarray:
+        """:meth:`problems` of decoded records (a value of the wrong type counts as missing/not finite)."""
+        columns = {
+            key: pa.array([v if isinstance(v := r.get(key), str) else None for r in records], pa.string())
+            for key in ids
+        }
+        columns[amount] = pa.array([_number(r.get(amount)) for r in records], pa.float64())
+        return self.problems(columns, ids, amount)
+
+    def problem(self, record: Mapping[str, object], ids: Sequence[str], amount: str = "amount") -> str | None:
+        """:meth:`problems` of one record."""
+        found: str | None = self.problems_of([record], ids, amount)[0]
+        return found
 
     def sql_valid(
         self, ids: tuple[str, ...], amount: str = "amount", *, dialect: Literal["duckdb", "spark"] = "duckdb"
@@ -76,3 +87,17 @@ class InputBounds:
                 f'"{amount}" IS NOT NULL AND isfinite("{amount}") AND "{amount}" BETWEEN 0 AND {self.max_amount!r}'
             )
         return " AND ".join(f"({c})" for c in checks)
+
+
+def true_where(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A boolean mask as numpy, null as False."""
+    return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), np.bool_)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, float | int):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any double
+        return float("inf")

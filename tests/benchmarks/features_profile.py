@@ -153,7 +153,7 @@ class ProfileResult:
 # swallows everything below it. Unmatched time goes to the nearest enclosing "glue" frame.
 _CATEGORIES: list[tuple[str, Callable[[str, str], bool]]] = [
     ("Avro decode (Serde.decode)", lambda fn, path: fn == "decode" and "/serde/" in path),
-    ("validation (EventRules.invalid_reason)", lambda fn, path: fn == "invalid_reason"),
+    ("validation (EventRules.invalid_reasons)", lambda fn, path: fn in ("invalid_reason", "invalid_reasons")),
     ("dedup (ViewState.dedup)", lambda fn, path: fn == "dedup" and "state.py" in path),
     ("lateness gate (ViewState.gate)", lambda fn, path: fn == "gate" and "state.py" in path),
     ("window kernels (ViewState.apply)", lambda fn, path: fn == "apply" and "state.py" in path),
@@ -241,10 +241,15 @@ def profile(settings: Settings, fresh: Callable[[str], Settings], n: int, profil
     result.total_us = total / timed_events * 1e6
     result.parts_us = {k: v / timed_events * 1e6 for k, v in timers.exclusive.items()}
     result.forward_messages = timers.calls.get("produce (forwards)", 0)
+    from streamscore.features.processor import CHECKPOINT_BYTES
+
+    written = sum(CHECKPOINT_BYTES.labels(stage)._value.get() for stage in ("features-ingest", "features-rekey"))
     started = time.perf_counter()
-    proc.snapshot()
+    proc.checkpoint()
     result.snapshot_ms = (time.perf_counter() - started) * 1000
-    result.snapshot_bytes = sum(p.stat().st_size for p in proc.snapshots.directory.glob("*.npz"))
+    result.snapshot_bytes = int(
+        sum(CHECKPOINT_BYTES.labels(stage)._value.get() for stage in ("features-ingest", "features-rekey")) - written
+    )
     proc.writer.close()
 
     # Pass 2: a sampling profiler over the stage code.
@@ -310,9 +315,9 @@ def markdown(r: ProfileResult, processor_rate: float | None) -> str:
         )
     lines += [
         "",
-        f"Forward messages produced: {r.forward_messages:,}. One snapshot round of every partition after the run: "
-        f"{r.snapshot_ms:,.0f} ms, {r.snapshot_bytes / 1e6:.1f} MB (taken under the processing lock every "
-        "`snapshot_interval_s`).",
+        f"Forward messages produced: {r.forward_messages:,}. One checkpoint round of every partition after the run: "
+        f"{r.snapshot_ms:,.0f} ms, {r.snapshot_bytes / 1e6:.1f} MB of changed state written to Kafka (taken under "
+        "the processing lock every `checkpoint_interval_s`).",
         "",
     ]
     if r.categories_us:

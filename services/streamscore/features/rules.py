@@ -1,16 +1,19 @@
 """What makes an event acceptable: validation, lateness and duplicates, shared by stream and backfill.
 
 Both paths must drop exactly the same events or training and serving drift apart, so the rules live in
-one place and the backfill's SQL mirrors :meth:`EventRules.invalid_reason` (see ``backfill.py``).
+one place and the backfill's SQL mirrors :meth:`EventRules.invalid_reasons` (see ``backfill.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
-from streamscore.bounds import InputBounds
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from streamscore.bounds import InputBounds, true_where
 
 __all__ = ["ID_FIELDS", "EventRules"]
 
@@ -33,14 +36,12 @@ class EventRules:
         """The backfill's form of :meth:`invalid_reason`'s id and amount checks (a DuckDB or Spark SQL predicate)."""
         return self.bounds.sql_valid(ID_FIELDS, dialect=dialect)
 
-    def invalid_reason(self, record: dict[str, Any], now_ms: int) -> str | None:
-        """A short reason code if the decoded transaction must not touch any feature, else None."""
-        reason = self.bounds.problem(record, ID_FIELDS)
-        if reason is not None:
-            return reason
-        event_time = record.get("event_time")
-        if not isinstance(event_time, datetime):
-            return "missing-event-time"
-        if event_time.timestamp() * 1000 > now_ms + self.max_future_ms:
-            return "event-time-in-future"
-        return None
+    def invalid_reasons(self, table: pa.Table, now_ms: int) -> np.ndarray:
+        """Per decoded transaction (a column batch), a short reason code if it must not touch any feature,
+        else None: an object array."""
+        reasons = self.bounds.problems({name: table.column(name) for name in (*ID_FIELDS, "amount")}, ID_FIELDS)
+        times = pc.cast(table.column("event_time"), pa.int64())
+        timing = np.full(len(reasons), None, object)
+        timing[true_where(pc.greater(times, now_ms + self.max_future_ms))] = "event-time-in-future"
+        timing[true_where(pc.is_null(times))] = "missing-event-time"
+        return np.where(reasons.astype(bool), reasons, timing)

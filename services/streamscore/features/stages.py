@@ -33,6 +33,7 @@ from streamscore.features.state import ViewState
 from streamscore.kafka import Header
 from streamscore.kafka.partitioner import Partitioner, partitions_of
 from streamscore.serde import Serde, SerdeError
+from streamscore.serde.columnar import ColumnarDecoder
 
 __all__ = [
     "BEYOND_STATE",
@@ -182,7 +183,7 @@ class IngestStage:
         if not self.plans:
             raise ValueError(f"no feature view is keyed by {partition_key!r}, the key of the source topic")
         self.rules = rules
-        self.serde = serde
+        self.decoder = ColumnarDecoder(serde)
         self.partition_key = partition_key
         self.source_id = ""  # the source topic's id, sent with forwarded events (set by the processor)
         # The source topic's partition count and its producers' partitioner (set by the processor; 0: unchecked).
@@ -193,6 +194,14 @@ class IngestStage:
             key: (topic, n, _columns_for([p for p in plans if p.entity_key == key]))
             for key, (topic, n) in (forwards or {}).items()
         }
+
+    @property
+    def serde(self) -> Serde:
+        return self.decoder.serde
+
+    @serde.setter
+    def serde(self, serde: Serde) -> None:
+        self.decoder = ColumnarDecoder(serde)
 
     def new_state(self) -> PartitionState:
         return PartitionState({p.name: ViewState(p) for p in self.plans})
@@ -212,55 +221,54 @@ class IngestStage:
         value = record.get("event_time")
         return [_epoch_ms(value)] if isinstance(value, datetime) else []
 
-    def _misrouted(
-        self, kept: list[InRecord], decoded: list[dict[str, object]], out: StageOutput
-    ) -> tuple[list[InRecord], list[dict[str, object]]]:
-        """Events in a partition their entity does not hash to are dead-lettered (``wrong-partition``).
+    def _misrouted(self, keys: list[str], kept: list[InRecord], out: StageOutput) -> np.ndarray:
+        """Mask of the events in a partition their entity does not hash to, dead-lettered (``wrong-partition``).
 
         The state of an entity lives where its events arrive; an event elsewhere (a producer keyed by
         something else, another partitioner, or a topic that gained partitions) would start a second, partial
         state for the same entity, and both would write the same online row, the last one winning."""
-        expected = partitions_of([str(r[self.partition_key]) for r in decoded], self.partitions, self.partitioner)
+        expected = partitions_of(keys, self.partitions, self.partitioner)
         wrong = expected != np.fromiter((r.partition for r in kept), np.int64, len(kept))
-        if not wrong.any():
-            return kept, decoded
         for i in np.flatnonzero(wrong).tolist():
             out.dead.append((kept[i], WRONG_PARTITION, None))
-        right = np.flatnonzero(~wrong).tolist()
-        return [kept[i] for i in right], [decoded[i] for i in right]
+        return np.asarray(wrong, np.bool_)
+
+    def _accepted(
+        self, state: PartitionState, records: Sequence[InRecord], now_ms: int, out: StageOutput
+    ) -> tuple[list[InRecord], pa.Table]:
+        """The records past the checkpoint that decode and pass the rules, with their columns; the others are
+        dead-lettered. A registry outage raises before the state changes."""
+        fresh = [rec for rec in records if rec.offset >= state.next_offset]  # others: inside the checkpoint
+        decoded = self.decoder.decode([rec.value for rec in fresh])
+        if records:
+            state.next_offset = max(state.next_offset, records[-1].offset + 1)
+        for i, exc in decoded.errors:
+            out.dead.append((fresh[i], f"undecodable-{exc.reason}", exc))
+        table, positions = decoded.table, decoded.positions
+        reasons = self.rules.invalid_reasons(table, now_ms)
+        invalid = reasons.astype(bool)  # a reason, or None
+        for j in np.flatnonzero(invalid).tolist():
+            out.dead.append((fresh[positions[j]], reasons[j], None))
+        kept = [fresh[i] for i in positions[~invalid].tolist()]
+        if invalid.any():
+            table = table.filter(pa.array(~invalid))
+        if self.partitions and kept:
+            wrong = self._misrouted(table.column(self.partition_key).to_pylist(), kept, out)
+            if wrong.any():
+                kept = [rec for rec, w in zip(kept, wrong.tolist(), strict=True) if not w]
+                table = table.filter(pa.array(~wrong))
+        return kept, table
 
     def process(self, state: PartitionState, records: Sequence[InRecord], now_ms: int | None = None) -> StageOutput:
         """Raises the registry's ``SerdeError`` during a schema-registry outage, before changing the state."""
         out = StageOutput()
-        now = int(time.time() * 1000) if now_ms is None else now_ms
-        kept: list[InRecord] = []
-        decoded: list[dict[str, object]] = []
-        for rec in records:
-            if rec.offset < state.next_offset:
-                continue  # already inside the checkpoint this state was restored from
-            try:
-                record = self.serde.decode(rec.value or b"")
-            except SerdeError as exc:
-                if exc.reason == "registry":  # an outage, not a bad event: nothing of the batch is applied yet
-                    raise
-                out.dead.append((rec, f"undecodable-{exc.reason}", exc))
-                continue
-            reason = self.rules.invalid_reason(record, now)
-            if reason is not None:
-                out.dead.append((rec, reason, None))
-                continue
-            kept.append(rec)
-            decoded.append(record)
-        if self.partitions and kept:
-            kept, decoded = self._misrouted(kept, decoded, out)
-        if records:
-            state.next_offset = max(state.next_offset, records[-1].offset + 1)
+        kept, table = self._accepted(state, records, int(time.time() * 1000) if now_ms is None else now_ms, out)
         if not kept:
             return out
 
         lead = state.views[self.plans[0].name]
-        keys = [str(r[self.partition_key]) for r in decoded]
-        times = np.fromiter((_epoch_ms(r["event_time"]) for r in decoded), np.int64, len(decoded))
+        keys: list[str] = table.column(self.partition_key).to_pylist()
+        times = np.asarray(pc.cast(table.column("event_time"), pa.int64()).to_numpy(), np.int64)
         offsets = np.fromiter((r.offset for r in kept), np.int64, len(kept))
         idx = np.arange(len(kept))
         beyond = _beyond_floors(state, lead, keys, times, idx)
@@ -272,7 +280,7 @@ class IngestStage:
             if offsets[i] > lead.applied[rows[i]]:
                 out.dead.append((kept[i], BEYOND_STATE, None))
 
-        ids = ViewState.value_ids([str(decoded[i]["event_id"]) for i in idx.tolist()])
+        ids = ViewState.value_ids(_strings(table, "event_id", idx))
         repeat = lead.dedup(rows[idx], ids, times[idx], self.rules.allowed_lag_ms)
         for i in idx[repeat].tolist():
             out.dead.append((kept[i], "duplicate", None))
@@ -292,12 +300,8 @@ class IngestStage:
                 vrows = view.entity_rows([keys[i] for i in idx.tolist()])
                 fresh = offsets[idx] > view.applied[vrows]
                 vidx, vrows = idx[fresh], vrows[fresh]
-            values = _numeric(decoded, vidx, plan)
-            distinct = (
-                view.value_ids([str(decoded[i][plan.distinct_column]) for i in vidx.tolist()])
-                if plan.distinct_column
-                else None
-            )
+            values = _numeric(table, vidx, plan)
+            distinct = view.value_ids(_strings(table, plan.distinct_column, vidx)) if plan.distinct_column else None
             status = view.apply(vrows, times[vidx], values, distinct, offsets[vidx])
             if view is lead:
                 # Older than the entity's whole ring: it can count in no window, so it is late too.
@@ -309,27 +313,28 @@ class IngestStage:
         out.applied = len(applied)
         out.event_ms = times[applied].tolist()
         if len(applied):
-            partition = kept[0].partition
-            offsets = pa.array([kept[i].offset for i in applied.tolist()], pa.int64())
-            for key, (topic, partitions, columns) in self.forwards.items():
-                keys_out = [str(decoded[i][key]) for i in applied.tolist()]
-                table: dict[str, pa.Array] = {
-                    key: pa.array(keys_out, pa.string()),
-                    TIME: pa.array(times[applied], pa.int64()),
-                    SOURCE_OFFSET: offsets,
-                }
-                for column in columns:
-                    if column not in table:
-                        table[column] = pa.array([decoded[i][column] for i in applied.tolist()])
-                targets = target_partitions(keys_out, partitions)
-                headers = [
-                    FORMAT_HEADER, (SOURCE_HEADER, str(partition).encode()), (SOURCE_ID_HEADER, self.source_id.encode())
-                ]  # fmt: skip
-                for target in np.unique(targets).tolist():
-                    mask = pa.array(targets == target)
-                    part = {name: col.filter(mask) for name, col in table.items()}
-                    out.forwards.append((topic, str(partition).encode(), encode_batch(part), headers, target))
+            self._forward(table.take(pa.array(applied)), times[applied], offsets[applied], kept[0].partition, out)
         return out
+
+    def _forward(
+        self, table: pa.Table, times: np.ndarray, offsets: np.ndarray, partition: int, out: StageOutput
+    ) -> None:
+        """The applied events, re-keyed: one columnar batch per target partition of each forward topic."""
+        headers = [FORMAT_HEADER, (SOURCE_HEADER, str(partition).encode()), (SOURCE_ID_HEADER, self.source_id.encode())]
+        for key, (topic, partitions, columns) in self.forwards.items():
+            keys = table.column(key).combine_chunks()
+            batch: dict[str, pa.Array] = {
+                key: keys,
+                TIME: pa.array(times, pa.int64()),
+                SOURCE_OFFSET: pa.array(offsets),
+            }
+            for column in columns:
+                batch.setdefault(column, table.column(column).combine_chunks())
+            targets = target_partitions(keys.to_pylist(), partitions)
+            for target in np.unique(targets).tolist():
+                mask = pa.array(targets == target)
+                part = {name: col.filter(mask) for name, col in batch.items()}
+                out.forwards.append((topic, str(partition).encode(), encode_batch(part), headers, target))
 
 
 class RekeyStage:
@@ -441,12 +446,19 @@ def _columns_for(plans: Sequence[ViewPlan]) -> list[str]:
     return sorted({c for p in plans for c in (*p.numeric_columns, p.distinct_column) if c})
 
 
-def _numeric(decoded: list[dict[str, object]], idx: np.ndarray, plan: ViewPlan) -> np.ndarray:
-    cols = plan.numeric_columns
-    values = np.empty((len(idx), len(cols)), np.float64)
-    for c, col in enumerate(cols):
-        values[:, c] = [float(decoded[i][col]) for i in idx.tolist()]
+def _numeric(table: pa.Table, idx: np.ndarray, plan: ViewPlan) -> np.ndarray:
+    values = np.empty((len(idx), len(plan.numeric_columns)), np.float64)
+    for c, column in enumerate(plan.numeric_columns):
+        values[:, c] = table.column(column).to_numpy()[idx]
     return values
+
+
+def _strings(table: pa.Table, column: str, idx: np.ndarray) -> np.ndarray:
+    """A column's values at ``idx`` as an object array of ``str`` (what the id hashes take)."""
+    values = table.column(column).take(pa.array(idx))
+    if not pa.types.is_string(values.type):
+        return np.array([str(v) for v in values.to_pylist()], object)
+    return np.asarray(values.to_numpy(zero_copy_only=False), object)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -350,7 +350,7 @@ class ViewState:
     # --- events -------------------------------------------------------------------------------------------
 
     @staticmethod
-    def value_ids(values: Sequence[str]) -> I64:
+    def value_ids(values: Sequence[str] | np.ndarray) -> I64:
         """Stable 63-bit hashes of strings (the same in every process): distinct values and event ids."""
         hashed = pd.util.hash_array(np.asarray(values, dtype=object)) >> np.uint64(1)
         return hashed.astype(np.int64)  # type: ignore[no-any-return]

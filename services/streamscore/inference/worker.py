@@ -252,19 +252,20 @@ class InferenceWorker:
         good: list[tuple[confluent_kafka.Message, dict[str, Any]]] = []
         if self.exactly_once:
             self.producer.raw.begin_transaction()
+        decoded: list[tuple[confluent_kafka.Message, dict[str, Any]]] = []
         for msg in messages:
             try:
-                request = self.requests.decode(msg.value())
+                decoded.append((msg, self.requests.decode(msg.value())))
             except SerdeError as exc:
                 if exc.reason == "registry":  # the registry is down, the request may be fine: retry the batch
                     raise
                 self._dead_letter(msg, exc.reason, exc)
-                continue
-            reason = self.bounds.problem(request, _REQUEST_IDS)
-            if reason is not None:
+        reasons = self.bounds.problems_of([request for _, request in decoded], _REQUEST_IDS)
+        for (msg, request), reason in zip(decoded, reasons.tolist(), strict=True):
+            if reason is None:
+                good.append((msg, request))
+            else:
                 self._dead_letter(msg, reason)
-                continue
-            good.append((msg, request))
         good, batch = self._score(good, int(picked_ms), isolate)
         if batch is not None:
             good, batch = self._finite(good, batch)

@@ -120,6 +120,8 @@ class Serde:
         self._registry = SchemaRegistry(registry_url) if registry_url else None
         self._subject = subject or (f"{name}-value" if registry_url else None)
         self._confluent_header: bytes | None = None
+        # Headers seen to frame a body in our own schema (what a batch decoder may read without resolution).
+        self._own_headers: tuple[bytes, ...] = (self._single_object_header,)
         self._lock = threading.Lock()
 
     @property
@@ -171,6 +173,11 @@ class Serde:
                 header = self._confluent_header
         return header
 
+    def own_headers(self) -> tuple[bytes, ...]:
+        """The framing headers known to precede a body written in this Serde's own schema: the single-object
+        header, and each Confluent id the registry has resolved to it so far."""
+        return self._own_headers
+
     # -- decode -----------------------------------------------------------------------------------
 
     def decode(self, data: bytes | bytearray | memoryview | None) -> dict[str, Any]:
@@ -199,6 +206,8 @@ class Serde:
             if size < _CONFLUENT_HEADER:
                 raise SerdeError("truncated", f"{size} bytes, the Confluent header alone is 5")
             loaded = self._registry.writer(int.from_bytes(data[1:_CONFLUENT_HEADER], "big"))
+            if loaded.fingerprint == self.fingerprint and bytes(data[:_CONFLUENT_HEADER]) not in self._own_headers:
+                self._own_headers = (*self._own_headers, bytes(data[:_CONFLUENT_HEADER]))
             return self._read_body(data, _CONFLUENT_HEADER, self._writer_by_schema(loaded))
         raise SerdeError("bad-magic", f"unknown framing byte 0x{first:02x}")
 
