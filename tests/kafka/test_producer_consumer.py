@@ -82,3 +82,27 @@ def test_poll_ready_takes_what_has_arrived_and_no_more_than_asked(settings: Sett
             assert batch, "a produced message never arrived"
             rest += [m.value() for m in batch]
         assert [m.value() for m in first] + rest == [f"v{i}".encode() for i in range(10)]  # in order, once each
+
+
+def test_poll_ready_does_not_linger_for_messages_that_waited_through_the_previous_batch(
+    settings: Settings, unique: str
+) -> None:
+    """The linger counts from the oldest message's arrival: messages that queued while the caller was busy
+    (here: longer than the linger) go at once, where a wait counted from the poll would hold them again."""
+    topic = create_topic(settings, f"ready-busy-{unique}", partitions=1)
+    linger_s = 3.0
+    with Consumer(settings.kafka, f"g-{unique}", [topic]) as consumer:
+        deadline = time.monotonic() + 60
+        while not consumer.raw.assignment():  # joined, so the messages below are fetched while they wait
+            assert consumer.poll_ready(10, idle_s=0.5) == []  # the "previous batch" ends with the last of these
+            assert time.monotonic() < deadline, "never assigned a partition"
+        producer = Producer(settings.kafka)
+        for i in range(3):
+            producer.send(topic, f"v{i}".encode(), key=b"k")
+        producer.flush()
+        time.sleep(linger_s + 0.5)  # the caller is busy; the messages wait, fetched
+        started = time.monotonic()
+        batch = consumer.poll_ready(100, idle_s=30, linger_s=linger_s)
+        took = time.monotonic() - started
+    assert [m.value() for m in batch] == [b"v0", b"v1", b"v2"]
+    assert took < linger_s  # not a fresh linger: the old rule waited the whole linger_s for a full batch

@@ -17,6 +17,8 @@ from streamscore.settings import KafkaSettings
 __all__ = ["Consumer", "ConsumerError", "next_offsets", "take_ready"]
 
 log = logging.getLogger(__name__)
+# A first message taken faster than this was already fetched when the poll began.
+_ALREADY_WAITING_S = 0.001
 
 
 class ConsumerError(StreamscoreError, RuntimeError):
@@ -64,6 +66,7 @@ class Consumer:
         self._consumer = confluent_kafka.Consumer(
             consumer_config(kafka, group_id, client_suffix=client_suffix, **overrides)
         )
+        self._taken_at: float | None = None  # when poll_ready last returned (see there)
         if topics:  # no topics: the caller assigns partitions itself (``raw.assign``)
             self._consumer.subscribe(list(topics))
 
@@ -75,18 +78,28 @@ class Consumer:
     def poll_ready(self, max_messages: int, idle_s: float, linger_s: float = 0.0) -> list[confluent_kafka.Message]:
         """What has arrived, as soon as something has: wait up to ``idle_s`` for a first message, take what
         else is already fetched (up to ``max_messages``), and only then, if ``linger_s`` > 0, wait for more
-        until ``linger_s`` after that first message. ``poll_batch`` with a timeout holds a half-full batch
-        for the whole timeout at low rates; this one adds no wait unless asked (a deadline from the first
-        message, not a fixed pause)."""
+        until ``linger_s`` after the first message arrived. ``poll_batch`` with a timeout holds a half-full
+        batch for the whole timeout at low rates; this one adds no wait unless asked (a deadline, not a
+        fixed pause).
+
+        The deadline counts from the arrival of the batch's oldest message. A first message that was already
+        waiting arrived after the previous poll returned, and under steady load right after it, so the
+        deadline counts from there: messages that queued while the caller processed the previous batch have
+        waited long enough and go at once (the batch grows with the load instead of the latency)."""
+        started = time.monotonic()
         batch = take_ready(self._consumer, max_messages, idle_s)
+        now = time.monotonic()
         if not batch:
+            self._taken_at = now
             return []
-        deadline = time.monotonic() + linger_s
+        waited = now - started > _ALREADY_WAITING_S
+        deadline = (now if waited or self._taken_at is None else self._taken_at) + linger_s
         while len(batch) < max_messages and (left := deadline - time.monotonic()) > 0:
             more = self._consumer.consume(num_messages=max_messages - len(batch), timeout=left)
             if not more:
                 break
             batch += more
+        self._taken_at = time.monotonic()
         return self._good(batch)
 
     def _good(self, batch: list[confluent_kafka.Message]) -> list[confluent_kafka.Message]:
