@@ -46,11 +46,18 @@ class InputBounds:
             reasons[money > self.max_amount] = "amount-too-large"
             reasons[money < 0] = "amount-negative"
         reasons[~np.isfinite(money)] = "amount-not-finite"
-        for key in reversed(ids):
-            column, name = columns[key], key.replace("_", "-")
-            reasons[true_where(pc.match_substring_regex(column, _BAD_CHAR))] = f"{name}-control-character"
-            reasons[true_where(pc.greater(pc.utf8_length(column), self.max_id_length))] = f"{name}-too-long"
-            reasons[true_where(pc.fill_null(pc.equal(pc.utf8_length(column), 0), True))] = f"missing-{name}"
+        if not ids:
+            return reasons
+        # Every id column in one array: each Arrow call costs ~10 µs whatever its length, which matters for the
+        # worker's small batches.
+        every = pa.concat_arrays([_array(columns[key]).cast(pa.string()) for key in ids])
+        length = np.asarray(pc.fill_null(pc.utf8_length(every), 0).to_numpy(), np.int64).reshape(len(ids), n)
+        control = true_where(pc.match_substring_regex(every, _BAD_CHAR)).reshape(len(ids), n)
+        for k in reversed(range(len(ids))):
+            name = ids[k].replace("_", "-")
+            reasons[control[k]] = f"{name}-control-character"
+            reasons[length[k] > self.max_id_length] = f"{name}-too-long"
+            reasons[length[k] == 0] = f"missing-{name}"
         return reasons
 
     def problems_of(
@@ -92,6 +99,10 @@ class InputBounds:
 def true_where(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A boolean mask as numpy, null as False."""
     return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), np.bool_)
+
+
+def _array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def _number(value: object) -> float | None:
