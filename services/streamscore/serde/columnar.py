@@ -285,35 +285,35 @@ def _decode_bodies(  # type: ignore[no-untyped-def]
                     ints[f, m] = 0  # a valid index under the mask, for the enum's take
                     continue
             kind = kinds[f]
-            if kind == 0:  # null
+            if kind == _NULL:
                 continue
-            if kind == 1:  # boolean
+            if kind == _BOOLEAN:
                 if pos >= end or buf[pos] > 1:
                     pos = -1
                     break
                 ints[f, m] = buf[pos]
                 pos += 1
-            elif kind == 2 or kind == 3:  # int, long
+            elif kind in (_INT, _LONG):
                 value, pos = _varint(buf, pos, end)
-                if pos < 0 or (kind == 2 and (value < -(2**31) or value > 2**31 - 1)):
+                if pos < 0 or (kind == _INT and (value < -(2**31) or value > 2**31 - 1)):
                     pos = -1
                     break
                 ints[f, m] = value
-            elif kind == 4:  # float
+            elif kind == _FLOAT:
                 if pos + 4 > end:
                     pos = -1
                     break
                 bytes4[:] = buf[pos : pos + 4]
                 reals[f, m] = real4[0]
                 pos += 4
-            elif kind == 5:  # double
+            elif kind == _DOUBLE:
                 if pos + 8 > end:
                     pos = -1
                     break
                 bytes8[:] = buf[pos : pos + 8]
                 reals[f, m] = real8[0]
                 pos += 8
-            elif kind == 6:  # string
+            elif kind == _STRING:
                 size, pos = _varint(buf, pos, end)
                 if pos < 0 or size < 0 or pos + size > end:
                     pos = -1
@@ -321,7 +321,7 @@ def _decode_bodies(  # type: ignore[no-untyped-def]
                 ints[f, m] = pos
                 lens[f, m] = size
                 pos += size
-            else:  # enum
+            else:  # _ENUM
                 index, pos = _varint(buf, pos, end)
                 if pos < 0 or index < 0 or index >= n_symbols[f]:
                     pos = -1
