@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import math
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import fastavro
 import pyarrow as pa
 import pytest
 
@@ -84,6 +87,25 @@ def _per_record(serde: Serde, values: list[bytes | None]) -> tuple[list[dict[str
         else:
             records.append(record)
     return records, errors
+
+
+def _as_raw_millis(schema: Any) -> Any:
+    """The schema with its timestamp-millis longs as plain longs, to write any integer there."""
+    out = copy.deepcopy({k: v for k, v in schema.items() if not k.startswith("__")})
+    for f in out["fields"]:
+        kind = f["type"]
+        if isinstance(kind, dict) and kind.get("logicalType") == "timestamp-millis":
+            f["type"] = "long"
+        elif isinstance(kind, list):
+            f["type"] = [
+                "long" if isinstance(b, dict) and b.get("logicalType") == "timestamp-millis" else b for b in kind
+            ]
+    return fastavro.parse_schema(out)
+
+
+def _raw(record: dict[str, Any]) -> dict[str, Any]:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    return {k: (v - epoch) // timedelta(milliseconds=1) if isinstance(v, datetime) else v for k, v in record.items()}
 
 
 def _nan_free(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -167,6 +189,21 @@ def test_an_int_beyond_32_bits_is_refused_for_its_message_alone() -> None:
     decoded = ColumnarDecoder(serde).decode([serde.encode({"i": 5}), too_big, serde.encode({"i": -7})])
     assert decoded.table.column("i").to_pylist() == [5, -7]
     assert [(i, e.reason) for i, e in decoded.errors] == [(1, "corrupt")]
+
+
+@pytest.mark.parametrize("field", ["t", "nt"])
+def test_timestamps_beyond_what_a_datetime_holds_fail_as_one_by_one(field: str) -> None:
+    """fastavro refuses a timestamp-millis outside years 1-9999 as corrupt; the loop must not take it."""
+    serde = Serde.from_schema(EVERY_KIND, store=SchemaStore(preload=False))
+    plain = serde.schema
+    record = _every_kind(random.Random(3))
+    values: list[bytes | None] = []
+    for ms in (-62_135_596_800_001, -62_135_596_800_000, 0, 253_402_300_799_999, 253_402_300_800_000, -(10**14)):
+        body = io.BytesIO()
+        fastavro.schemaless_writer(body, _as_raw_millis(plain), {**_raw(record), field: ms})
+        values.append(serde.own_headers()[0] + body.getvalue())
+    decoded = _assert_same(serde, values)
+    assert [i for i, e in decoded.errors if e.reason == "corrupt"] == [0, 4, 5]
 
 
 def test_confluent_framed_messages_take_the_fast_path_once_their_id_is_known() -> None:

@@ -239,7 +239,7 @@ class IngestStage:
         """The records past the checkpoint that decode and pass the rules, with their columns; the others are
         dead-lettered. A registry outage raises before the state changes."""
         fresh = [rec for rec in records if rec.offset >= state.next_offset]  # others: inside the checkpoint
-        decoded = self.decoder.decode([rec.value for rec in fresh])
+        decoded = self.decoder.decode([rec.value or b"" for rec in fresh])
         if records:
             state.next_offset = max(state.next_offset, records[-1].offset + 1)
         for i, exc in decoded.errors:

@@ -8,9 +8,10 @@ Per-record decoding stays the single definition of what a message means. The loo
 it can read exactly (a header naming the reader's own schema, every value well formed, nothing left over)
 and hands every other one to :meth:`Serde.decode`: older or newer writer schemas (resolved into the
 reader's), Confluent ids not yet seen, and anything malformed, which then fails with the same reason and
-detail it always did. So the batch path can only ever be faster, never disagree, with one exception: an
-``int`` field holding more than 32 bits, which fastavro reads as any integer, is ``corrupt`` here (a 32-bit
-column cannot hold it), for that message alone.
+detail it always did (a ``timestamp-millis`` outside the years fastavro can represent, for one, is left to it).
+So the batch path can only ever be faster, never disagree, with one exception: an ``int`` field holding more
+than 32 bits, which fastavro reads as any integer, is ``corrupt`` here (a 32-bit column cannot hold it), for
+that message alone.
 
 Only flat records are supported: fields of null, boolean, int, long, float, double, string, enum,
 ``timestamp-millis`` and two-branch unions of null with one of those; :class:`ColumnarDecoder` refuses
@@ -41,6 +42,8 @@ _ARROW: Final = {_NULL: pa.null(), _BOOLEAN: pa.bool_(), _INT: pa.int32(), _LONG
                  _FLOAT: pa.float64(), _DOUBLE: pa.float64(), _STRING: pa.string(), _ENUM: pa.string()}  # fmt: skip
 _TIMESTAMP_MS: Final = pa.timestamp("ms", tz="UTC")
 _MAX_BUFFER: Final = 2**31 - 1  # Arrow string offsets are 32-bit
+# What fastavro can turn into a datetime (years 1 to 9999); it refuses a timestamp-millis outside as corrupt.
+_TIMESTAMP_MS_RANGE: Final = (-62_135_596_800_000, 253_402_300_799_999)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,13 @@ class _Field:
     null_branch: int  # which union branch is null: 0 or 1; -1 when the field is not nullable
     symbols: tuple[str, ...] = ()
     timestamp_ms: bool = False
+
+    @property
+    def value_range(self) -> tuple[int, int]:
+        """The integers this field holds; the loop leaves any other to per-record decoding."""
+        if self.timestamp_ms:
+            return _TIMESTAMP_MS_RANGE
+        return (-(2**31), 2**31 - 1) if self.kind == _INT else (-(2**63), 2**63 - 1)
 
     @property
     def arrow(self) -> pa.Field:
@@ -103,6 +113,8 @@ class ColumnarDecoder:
         self._kinds = np.array([f.kind for f in fields], np.int64)
         self._null_branch = np.array([f.null_branch for f in fields], np.int64)
         self._n_symbols = np.array([len(f.symbols) for f in fields], np.int64)
+        self._lowest = np.array([f.value_range[0] for f in fields], np.int64)
+        self._highest = np.array([f.value_range[1] for f in fields], np.int64)
         self._symbols = {i: pa.array(f.symbols, pa.string()) for i, f in enumerate(fields) if f.kind == _ENUM}
 
     def decode(self, values: Sequence[bytes | None]) -> Decoded:
@@ -125,7 +137,8 @@ class ColumnarDecoder:
                 reals = np.empty((len(self._fields), n), np.float64)
                 nulls = np.zeros((len(self._fields), n), np.bool_)
                 _decode_bodies(buf, starts, ends, header_bytes, header_ends, self._kinds, self._null_branch,
-                               self._n_symbols, ints, lens, reals, nulls, fast)  # fmt: skip
+                               self._n_symbols, self._lowest, self._highest,
+                               ints, lens, reals, nulls, fast)  # fmt: skip
                 made = self._columns(buf, fast, ints, lens, reals, nulls) if fast.any() else None
                 if made is None:  # nothing read, or a string was not UTF-8: let each message say for itself
                     fast[:] = False
@@ -249,7 +262,21 @@ def _varint(buf, pos, end):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, nogil=True)
 def _decode_bodies(  # type: ignore[no-untyped-def]
-    buf, starts, ends, headers, header_ends, kinds, null_branch, n_symbols, ints, lens, reals, nulls, ok
+    buf,
+    starts,
+    ends,
+    headers,
+    header_ends,
+    kinds,
+    null_branch,
+    n_symbols,
+    lowest,
+    highest,
+    ints,
+    lens,
+    reals,
+    nulls,
+    ok,
 ):
     """Read each message whose header is one of ``headers`` and whose body reads exactly; ``ok`` marks them."""
     real8 = np.empty(1, np.float64)
@@ -295,7 +322,7 @@ def _decode_bodies(  # type: ignore[no-untyped-def]
                 pos += 1
             elif kind in (_INT, _LONG):
                 value, pos = _varint(buf, pos, end)
-                if pos < 0 or (kind == _INT and (value < -(2**31) or value > 2**31 - 1)):
+                if pos < 0 or value < lowest[f] or value > highest[f]:
                     pos = -1
                     break
                 ints[f, m] = value
