@@ -127,8 +127,9 @@ class ColumnarDecoder:
             blobs = [v if type(v) is bytes else b"" for v in values]
             buf = np.frombuffer(b"".join(blobs), np.uint8)
             if len(buf) <= _MAX_BUFFER:
-                ends = np.cumsum(np.fromiter(map(len, blobs), np.int64, n))
-                starts = ends - np.fromiter(map(len, blobs), np.int64, n)
+                sizes = np.fromiter(map(len, blobs), np.int64, n)
+                ends = np.cumsum(sizes)
+                starts = ends - sizes
                 headers = self.serde.own_headers()
                 header_bytes = np.frombuffer(b"".join(headers), np.uint8)
                 header_ends = np.cumsum(np.array([len(h) for h in headers], np.int64))
