@@ -33,7 +33,7 @@ class EventRules:
         return self.watermark_delay_ms + self.allowed_lateness_ms
 
     def sql_valid(self, dialect: Literal["duckdb", "spark"] = "duckdb") -> str:
-        """The backfill's form of :meth:`invalid_reason`'s id and amount checks (a DuckDB or Spark SQL predicate)."""
+        """The backfill's form of :meth:`invalid_reasons`'s id and amount checks (a DuckDB or Spark SQL predicate)."""
         return self.bounds.sql_valid(ID_FIELDS, dialect=dialect)
 
     def invalid_reasons(self, table: pa.Table, now_ms: int) -> np.ndarray:
