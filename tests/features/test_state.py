@@ -366,3 +366,14 @@ def test_memory_per_user_follows_events_not_window_length() -> None:
     print(f"\n{bytes_per_user:.0f} bytes per user (dense ring: {dense:,})")
     assert bytes_per_user < 1000
     assert bytes_per_user < dense / 50
+
+
+def test_value_ids_are_the_hashes_checkpoints_were_written_with() -> None:
+    """Event-id and distinct-value hashes live in checkpoints: a restore on another host, or after an upgrade,
+    must hash the same strings to the same ids. They were written with pandas' default (factorizing) hash."""
+    import pandas as pd
+
+    values = ["u-1", "u-1", "", "émoji-🙂", "x" * 300, "u-2", "u-1"]
+    expected = (pd.util.hash_array(np.asarray(values, dtype=object)) >> np.uint64(1)).astype(np.int64)
+    assert ViewState.value_ids(values).tolist() == expected.tolist()
+    assert len(set(ViewState.value_ids(values).tolist())) == 5

@@ -235,9 +235,9 @@ class IngestStage:
 
     def _accepted(
         self, state: PartitionState, records: Sequence[InRecord], now_ms: int, out: StageOutput
-    ) -> tuple[list[InRecord], pa.Table]:
-        """The records past the checkpoint that decode and pass the rules, with their columns; the others are
-        dead-lettered. A registry outage raises before the state changes."""
+    ) -> tuple[list[InRecord], pa.Table, list[str]]:
+        """The records past the checkpoint that decode and pass the rules, with their columns and entity keys;
+        the others are dead-lettered. A registry outage raises before the state changes."""
         fresh = [rec for rec in records if rec.offset >= state.next_offset]  # others: inside the checkpoint
         decoded = self.decoder.decode([rec.value or b"" for rec in fresh])
         if records:
@@ -252,22 +252,24 @@ class IngestStage:
         kept = [fresh[i] for i in positions[~invalid].tolist()]
         if invalid.any():
             table = table.filter(pa.array(~invalid))
+        keys: list[str] = table.column(self.partition_key).to_pylist()
         if self.partitions and kept:
-            wrong = self._misrouted(table.column(self.partition_key).to_pylist(), kept, out)
+            wrong = self._misrouted(keys, kept, out)
             if wrong.any():
-                kept = [rec for rec, w in zip(kept, wrong.tolist(), strict=True) if not w]
+                right = np.flatnonzero(~wrong).tolist()
+                kept, keys = [kept[i] for i in right], [keys[i] for i in right]
                 table = table.filter(pa.array(~wrong))
-        return kept, table
+        return kept, table, keys
 
     def process(self, state: PartitionState, records: Sequence[InRecord], now_ms: int | None = None) -> StageOutput:
         """Raises the registry's ``SerdeError`` during a schema-registry outage, before changing the state."""
         out = StageOutput()
-        kept, table = self._accepted(state, records, int(time.time() * 1000) if now_ms is None else now_ms, out)
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        kept, table, keys = self._accepted(state, records, now, out)
         if not kept:
             return out
 
         lead = state.views[self.plans[0].name]
-        keys: list[str] = table.column(self.partition_key).to_pylist()
         times = np.asarray(pc.cast(table.column("event_time"), pa.int64()).to_numpy(), np.int64)
         offsets = np.fromiter((r.offset for r in kept), np.int64, len(kept))
         idx = np.arange(len(kept))
